@@ -1,0 +1,38 @@
+# StreamFlow: `make demo` sets everything up and runs the pipeline; `make test` runs the tests.
+PYTHON ?= python3
+UV ?= $(shell command -v uv 2>/dev/null || echo .uv/bin/uv)
+SEEDS_DIR ?=
+DEMO_SEEDS := $(or $(SEEDS_DIR),data/seeds)
+SF := .venv/bin/streamflow
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := .venv
+
+.PHONY: install demo test lint format pipeline dev
+
+install: .venv/.installed
+
+# uv is bootstrapped into .uv/ with the machine's own Python when it is not on PATH.
+.uv/bin/uv:
+	$(PYTHON) -m venv .uv && .uv/bin/pip install --quiet uv
+
+.venv/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON) && touch $@
+
+demo: install
+	$(if $(SEEDS_DIR),,$(SF) generate --users 7043 --months 3 --seed 42 --out $(DEMO_SEEDS))
+	STREAMFLOW_SEEDS_DIR=$(DEMO_SEEDS) $(SF) pipeline
+
+pipeline: install
+	$(SF) pipeline
+
+dev: install
+	DAGSTER_HOME=$${DAGSTER_HOME:-$$PWD/var/dagster} .venv/bin/dagster dev
+
+test: install
+	.venv/bin/pytest
+
+lint: install
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format: install
+	.venv/bin/ruff format . && .venv/bin/ruff check --fix .

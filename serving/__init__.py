@@ -1,0 +1,1 @@
+"""StreamFlow serving: FastAPI app over the Production model and the online store."""

@@ -1,0 +1,1 @@
+"""StreamFlow: pure logic, resources and Dagster assets for subscriber churn."""

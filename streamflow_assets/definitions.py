@@ -1,0 +1,25 @@
+"""The Dagster code location: every asset, check, job, sensor and resource of StreamFlow."""
+
+from dagster import Definitions
+
+from streamflow_assets.assets.ingestion import (
+    monthly_snapshots,
+    new_seed_month_sensor,
+    snapshot_checks,
+)
+from streamflow_assets.core.settings import Settings, get_settings
+from streamflow_assets.jobs import monthly_pipeline
+from streamflow_assets.resources import build_resources
+
+
+def build_definitions(settings: Settings) -> Definitions:
+    return Definitions(
+        assets=[monthly_snapshots],
+        asset_checks=snapshot_checks,
+        jobs=[monthly_pipeline],
+        sensors=[new_seed_month_sensor],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions(get_settings())

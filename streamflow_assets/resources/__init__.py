@@ -1,0 +1,18 @@
+"""Dagster resources; `build_resources` is the one place a profile picks its implementations."""
+
+from dagster import ConfigurableResource
+
+from streamflow_assets.core.settings import Settings
+from streamflow_assets.resources.seeds import SeedsResource
+from streamflow_assets.resources.storage import ParquetSnapshots, SnapshotsResource
+
+__all__ = ["SeedsResource", "SnapshotsResource", "build_resources"]
+
+
+def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
+    if settings.profile != "local":
+        raise NotImplementedError(f"profile {settings.profile!r} is not available yet")
+    return {
+        "seeds": SeedsResource(seeds_dir=str(settings.seeds_dir)),
+        "snapshots": ParquetSnapshots(root=str(settings.snapshots_dir)),
+    }
