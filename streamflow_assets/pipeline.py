@@ -70,9 +70,18 @@ def run_month(defs: Definitions, instance: DagsterInstance, partition: str) -> M
     )
 
 
-def run_months(partitions: list[str], defs: Definitions | None = None) -> list[MonthOutcome]:
-    """Materialize each month in order; keep going past a failed month so every error shows."""
+def run_months(
+    partitions: list[str],
+    defs: Definitions | None = None,
+    instance: DagsterInstance | None = None,
+) -> list[MonthOutcome]:
+    """Materialize each month in order; keep going past a failed month so every error shows.
+
+    Runs are recorded in `instance`, by default the one under DAGSTER_HOME that the UI reads.
+    """
     if defs is None:
         from streamflow_assets.definitions import defs
+    if instance is not None:
+        return [run_month(defs, instance, partition) for partition in sorted(partitions)]
     with DagsterInstance.get() as instance:
         return [run_month(defs, instance, partition) for partition in sorted(partitions)]
