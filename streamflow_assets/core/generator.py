@@ -49,7 +49,6 @@ import pyarrow.csv as pacsv
 FIRST_MONTH = np.datetime64("2024-01", "M")
 DEFAULT_CHUNK_SIZE = 200_000
 DEPARTURE_PROBABILITY = 0.3
-SIGNUP_RATE = 0.08
 MAX_MONTHS_ACTIVE = 100
 MAX_MONTHS = 1000
 
@@ -107,8 +106,6 @@ _CONTRACT_GIVEN_FAMILY_DEPENDENTS = np.array(
         [0.333, 0.255, 0.412],  # family and dependents
     ]
 )
-# New subscribers almost never start on a long contract (98% of real one-month users are monthly).
-_SIGNUP_CONTRACT = np.array([0.92, 0.05, 0.03])
 # Multinomial logit of (fiber, no internet) against DSL, fitted on the real month_000 with columns
 # (1, one-year, two-year, senior, t, t * one-year, t * two-year), t = months_active / 72: within a
 # contract, long-tenure users hold fiber far more often, which keeps service flat across tenure.
@@ -125,6 +122,8 @@ _PAPERLESS_GIVEN_NET_SENIOR = np.array([0.540, 0.629, 0.751, 0.836, 0.290, 0.346
 # adds the behavioural drivers the real month_000 lacks (its usage columns are noise there).
 _CHURN_INTERCEPT = -0.3
 _FRAILTY_SD = 0.6
+# Offsets the churn pushed up by the usage drift, so the rate stays near the real 0.24-0.27.
+_CHURN_DRIFT_OFFSET = 1.3
 
 
 def _drift(month: int) -> float:
@@ -287,27 +286,28 @@ def _month_bounds(month_offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, length
 
 
-def _new_users(rng: np.random.Generator, index: np.ndarray, month: int, signing_up: bool) -> State:
-    """Profiles and persistent latent levels for new user indices.
+# Who a subscriber is and what they bought; sign-ups copy these from a departing user.
+_PROFILE = (
+    "male",
+    "senior",
+    "family",
+    "dependents",
+    "contract",
+    "net",
+    "tv",
+    "movies",
+    "paperless",
+)
 
-    The initial population (signing_up False) spans all tenures; sign-ups join during `month`.
-    """
+
+def _initial_users(rng: np.random.Generator, index: np.ndarray) -> State:
+    """Month 0's population: profiles of every tenure, shaped like the real month_000."""
     n = len(index)
     family = rng.random(n) < 0.483
     dependents = rng.random(n) < np.where(family, 0.514, 0.099)
     senior = rng.random(n) < 0.162
-    if signing_up:
-        contract = _pick(rng, np.broadcast_to(_SIGNUP_CONTRACT, (n, 3)))
-        first, length = _month_bounds(np.full(n, month))
-        day = (rng.random(n) * length).astype(np.int64)
-        signup = first + day
-        tenure = np.where(day >= length - 3, 0, 1).astype(np.int64)
-    else:
-        contract = _pick(rng, _CONTRACT_GIVEN_FAMILY_DEPENDENTS[family * 2 + dependents])
-        tenure = _draw_tenure(rng, contract)
-        # months_active counts billed months including the current one.
-        first, length = _month_bounds(month - np.maximum(tenure - 1, 0))
-        signup = first + (rng.random(n) * length).astype(np.int64)
+    contract = _pick(rng, _CONTRACT_GIVEN_FAMILY_DEPENDENTS[family * 2 + dependents])
+    tenure = _draw_tenure(rng, contract)
     net = _draw_net(rng, contract, senior, tenure)
     has_net = net != NO_NET
     fiber = net == FIBER
@@ -315,26 +315,52 @@ def _new_users(rng: np.random.Generator, index: np.ndarray, month: int, signing_
     t = tenure / 72.0
     tv = has_net & (rng.random(n) < _sigmoid(-1.431 + 0.771 * fiber + 2.099 * t))
     movies = has_net & (rng.random(n) < _sigmoid(-1.811 + 0.525 * fiber + 1.618 * t + 1.545 * tv))
-    paperless = rng.random(n) < _PAPERLESS_GIVEN_NET_SENIOR[net * 2 + senior]
-    fee = _draw_fee_cents(rng, net, tv, movies, tenure)
-    # Earlier price changes make total_paid wander around tenure * current fee.
-    history = np.where(tenure > 1, np.clip(rng.normal(1.0, 0.045, n), 0.7, 1.5), 1.0)
-    total = np.rint(tenure * fee * history).astype(np.int64)
-    return {
-        "index": index.astype(np.int64),
-        "signup": signup,
+    profile = {
         "male": rng.random(n) < 0.505,
         "senior": senior,
         "family": family,
         "dependents": dependents,
-        "tenure": tenure,
+        "contract": contract,
+        "net": net,
         "tv": tv,
         "movies": movies,
-        "contract": contract,
-        "paperless": paperless,
+        "paperless": rng.random(n) < _PAPERLESS_GIVEN_NET_SENIOR[net * 2 + senior],
+    }
+    # months_active counts billed months including the current one.
+    first, length = _month_bounds(-np.maximum(tenure - 1, 0))
+    signup = first + (rng.random(n) * length).astype(np.int64)
+    return _open_accounts(rng, index, profile, tenure, signup)
+
+
+def _signups(rng: np.random.Generator, index: np.ndarray, month: int, profile: State) -> State:
+    """Subscribers joining during `month`, with the given profiles."""
+    n = len(index)
+    first, length = _month_bounds(np.full(n, month))
+    day = (rng.random(n) * length).astype(np.int64)
+    # Joining in the month's last three days means no bill yet.
+    tenure = np.where(day >= length - 3, 0, 1).astype(np.int64)
+    return _open_accounts(rng, index, profile, tenure, first + day)
+
+
+def _open_accounts(
+    rng: np.random.Generator,
+    index: np.ndarray,
+    profile: State,
+    tenure: np.ndarray,
+    signup: np.ndarray,
+) -> State:
+    """Billing history and persistent per-user behaviour levels for the given profiles."""
+    n = len(index)
+    fee = _draw_fee_cents(rng, profile["net"], profile["tv"], profile["movies"], tenure)
+    # Earlier price changes make total_paid wander around tenure * current fee.
+    history = np.where(tenure > 1, np.clip(rng.normal(1.0, 0.045, n), 0.7, 1.5), 1.0)
+    return {
+        "index": index.astype(np.int64),
+        "signup": signup,
+        **profile,
+        "tenure": tenure,
         "fee": fee,
-        "total": total,
-        "net": net,
+        "total": np.rint(tenure * fee * history).astype(np.int64),
         "watch_level": rng.normal(0.0, 4.85, n),
         "watch_wobble": rng.normal(0.0, 1.0, n),
         "devices": rng.integers(1, 4, n),
@@ -388,6 +414,7 @@ def _observe(rng: np.random.Generator, state: State, month: int) -> State:
     usage = 0.45 * failed + 0.4 * tickets + 0.12 * (rebuffer - 2.3) - 0.06 * engagement
     logit = (
         _CHURN_INTERCEPT
+        - _CHURN_DRIFT_OFFSET * drift
         + (1 - 0.15 * drift) * profile
         + (1 + 0.6 * drift) * usage
         + state["frailty"]
@@ -412,18 +439,25 @@ def _advance(
     first_new_index: int,
     capacity: int,
 ) -> tuple[State, int, int]:
-    """Next month's population: departures leave, stayers age, sign-ups join."""
+    """Next month's population: departures leave, stayers age, look-alike sign-ups join."""
     n = len(churn)
     leaving = churn & (rng.random(n) < DEPARTURE_PROBABILITY)
+    departed = np.flatnonzero(leaving)
     stay = {key: values[~leaving] for key, values in state.items()}
     stay["tenure"] = np.minimum(stay["tenure"] + 1, MAX_MONTHS_ACTIVE)
     stay["total"] = stay["total"] + stay["fee"]
-    signups = min(int(rng.binomial(n, SIGNUP_RATE)), capacity)
-    joined = _new_users(
-        rng, np.arange(first_new_index, first_new_index + signups), month, signing_up=True
+    count = min(int(rng.poisson(len(departed))), capacity) if len(departed) else 0
+    # Acquisition sells the plans churners give up, to the same kinds of households, so the
+    # population's size and mix stay near month 0 while individual users come and go.
+    donors = rng.choice(departed, count) if count else departed[:0]
+    joined = _signups(
+        rng,
+        np.arange(first_new_index, first_new_index + count),
+        month,
+        {key: state[key][donors] for key in _PROFILE},
     )
     merged = {key: np.concatenate([stay[key], joined[key]]) for key in stay}
-    return merged, signups, int(leaving.sum())
+    return merged, count, len(departed)
 
 
 _BOOL_TEXT = pa.array(["False", "True"])
@@ -561,7 +595,7 @@ def _write_chunks(
     totals = np.zeros((months, 4), dtype=np.int64)
     for chunk, start in enumerate(range(0, users, chunk_size)):
         rng = np.random.default_rng([seed, 1, chunk, 0])
-        state = _new_users(rng, np.arange(start, min(start + chunk_size, users)), 0, False)
+        state = _initial_users(rng, np.arange(start, min(start + chunk_size, users)))
         observed = _observe(rng, state, 0)
         signups = departures = 0
         for month in range(months):
