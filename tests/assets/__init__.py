@@ -1,0 +1,1 @@
+"""Tests of the Dagster assets, checks and sensors."""

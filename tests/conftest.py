@@ -1,0 +1,141 @@
+"""Shared fixtures: the real seeds, settings per test, a tmp Dagster instance, real runs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from streamflow_assets.core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+    from streamflow_assets.pipeline import MonthOutcome
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_SEEDS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "seeds").resolve()
+REAL_MONTHS = ("month_000", "month_001")
+
+
+@pytest.fixture(scope="session")
+def real_seeds() -> Path:
+    """The real seeds (month_000 = 2024-01, month_001 = 2024-02), read only; skip when absent."""
+    if not all((REAL_SEEDS / month).is_dir() for month in REAL_MONTHS):
+        pytest.skip(f"real seeds not found at {REAL_SEEDS} (../shared/seeds beside the repo)")
+    return REAL_SEEDS
+
+
+@pytest.fixture
+def settings_for(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
+    """`settings_for(data_dir, seeds_dir, **extra_env)`: fresh Settings from STREAMFLOW_* vars.
+
+    Every STREAMFLOW_* variable of the outer environment is removed first, so a developer's shell
+    cannot leak into a test; extra keyword arguments become STREAMFLOW_<NAME> variables.
+    """
+
+    def make(data_dir: Path, seeds_dir: Path, **extra_env: object) -> Settings:
+        for name in list(os.environ):
+            if name.startswith("STREAMFLOW_"):
+                monkeypatch.delenv(name)
+        monkeypatch.setenv("STREAMFLOW_DATA_DIR", str(data_dir))
+        monkeypatch.setenv("STREAMFLOW_SEEDS_DIR", str(seeds_dir))
+        for name, value in extra_env.items():
+            monkeypatch.setenv(f"STREAMFLOW_{name.upper()}", str(value))
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield make
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def dagster_instance(tmp_path: Path) -> Iterator[DagsterInstance]:
+    """A persistent sqlite Dagster instance in a tmp dir, so run and asset history is queryable."""
+    from dagster import instance_for_test
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with instance_for_test(temp_dir=str(home)) as instance:
+        yield instance
+
+
+@pytest.fixture
+def materialize(
+    dagster_instance: DagsterInstance,
+) -> Callable[[Settings, Sequence[str]], list[MonthOutcome]]:
+    """`materialize(settings, months)`: real Dagster runs of the monthly pipeline."""
+    from streamflow_assets.definitions import build_definitions
+    from streamflow_assets.pipeline import run_months
+
+    def run(settings: Settings, months: Sequence[str]) -> list[MonthOutcome]:
+        return run_months(list(months), defs=build_definitions(settings), instance=dagster_instance)
+
+    return run
+
+
+@pytest.fixture
+def copy_seeds(real_seeds: Path, tmp_path: Path) -> Callable[..., Path]:
+    """`copy_seeds(*folders, rows=None, into=None)`: writable copies of real month folders.
+
+    Copies into `tmp_path / "seeds"` (or `into`) and returns that seeds dir; `rows` keeps the
+    header and the first `rows` lines of every CSV, byte for byte. The originals are never touched.
+    """
+
+    def copy(*folders: str, rows: int | None = None, into: Path | None = None) -> Path:
+        target = into or tmp_path / "seeds"
+        for folder in folders or REAL_MONTHS:
+            destination = target / folder
+            destination.mkdir(parents=True)
+            for source in sorted((real_seeds / folder).glob("*.csv")):
+                lines = source.read_bytes().splitlines(keepends=True)
+                kept = lines if rows is None else lines[: rows + 1]
+                # Fresh files rather than copies: the originals are read-only.
+                (destination / source.name).write_bytes(b"".join(kept))
+        return target
+
+    return copy
+
+
+@dataclass(frozen=True)
+class EditedCell:
+    """Where `edit_csv` changed a value: the CSV line (header = line 1) and the row's user_id."""
+
+    line: int
+    user_id: str
+    old: str
+
+
+@pytest.fixture
+def edit_csv() -> Callable[..., EditedCell]:
+    """`edit_csv(path, column, value, where=None)`: set one cell of a seed CSV, keeping the text.
+
+    Edits the first row for which `where(row_as_dict)` holds (the first row when None). The seed
+    format has no quoting, so every other byte of the file stays as it was.
+    """
+
+    def edit(
+        path: Path,
+        column: str,
+        value: str,
+        where: Callable[[dict[str, str]], bool] | None = None,
+    ) -> EditedCell:
+        lines = path.read_text().split("\n")
+        header = lines[0].split(",")
+        position = header.index(column)
+        for number, line in enumerate(lines[1:], start=2):
+            if not line:
+                continue
+            cells = line.split(",")
+            if where is None or where(dict(zip(header, cells, strict=True))):
+                old, cells[position] = cells[position], value
+                lines[number - 1] = ",".join(cells)
+                path.write_text("\n".join(lines))
+                return EditedCell(number, cells[header.index("user_id")], old)
+        raise LookupError(f"no row of {path} matches")
+
+    return edit
