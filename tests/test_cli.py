@@ -1,0 +1,127 @@
+"""The `streamflow pipeline` command, run as a real process against the real seeds."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus
+
+from streamflow_assets.core import months
+from streamflow_assets.core.seeds import TABLES
+from streamflow_assets.core.snapshots import ParquetSnapshotStore
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STREAMFLOW = REPO_ROOT / ".venv" / "bin" / "streamflow"
+SUMMARY = re.compile(r"^(\d{4}-\d{2})\s+(ok|FAILED)\s.*\brun ([0-9a-f]{8})$")
+
+
+def streamflow(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with STREAMFLOW_DATA_DIR set and no DAGSTER_HOME, beside the data dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMFLOW_", "DAGSTER_"))}
+    env["STREAMFLOW_DATA_DIR"] = str(data_dir)
+    return subprocess.run(
+        [str(STREAMFLOW), *args],
+        cwd=data_dir.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def recorded_runs(data_dir: Path) -> list:
+    with DagsterInstance.from_config(str(data_dir / "dagster")) as instance:
+        return list(instance.get_runs())
+
+
+def summaries(stdout: str) -> list[re.Match[str]]:
+    return [match for line in stdout.splitlines() if (match := SUMMARY.match(line.strip()))]
+
+
+@pytest.fixture(scope="module")
+def both_months(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory):
+    data_dir = tmp_path_factory.mktemp("cli") / "data"
+    result = streamflow(
+        "pipeline",
+        "--seeds",
+        str(real_seeds),
+        "--partitions",
+        "2024-01..2024-02",
+        data_dir=data_dir,
+    )
+    return data_dir, result
+
+
+def test_pipeline_runs_both_months_and_prints_one_line_each(both_months) -> None:
+    _, result = both_months
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = summaries(result.stdout)
+    assert [(m[1], m[2]) for m in lines] == [("2024-01", "ok"), ("2024-02", "ok")], result.stdout
+
+
+def test_pipeline_records_its_runs_in_the_data_dirs_instance(both_months) -> None:
+    data_dir, result = both_months
+    assert (data_dir / "dagster" / "dagster.yaml").is_file()
+    runs = recorded_runs(data_dir)
+    assert sorted(run.tags["dagster/partition"] for run in runs) == ["2024-01", "2024-02"]
+    assert all(run.status == DagsterRunStatus.SUCCESS for run in runs)
+    printed = {m[3] for m in summaries(result.stdout)}
+    assert printed == {run.run_id[:8] for run in runs}
+
+
+def test_pipeline_stores_both_months_under_the_data_dir(both_months) -> None:
+    data_dir, _ = both_months
+    store = ParquetSnapshotStore(data_dir / "snapshots")
+    for table in TABLES:
+        assert store.as_ofs(table.snapshot) == [months.as_of("2024-01"), months.as_of("2024-02")]
+        assert store.row_count(table.snapshot, months.as_of("2024-02")) == 7043
+
+
+def test_a_missing_month_fails_naming_the_folder(real_seeds: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    result = streamflow(
+        "pipeline", "--seeds", str(real_seeds), "--partitions", "2024-03", data_dir=data_dir
+    )
+    assert result.returncode != 0
+    assert str(real_seeds / "month_002") in result.stderr
+    assert [(m[1], m[2]) for m in summaries(result.stdout)] == [("2024-03", "FAILED")]
+    (run,) = recorded_runs(data_dir)
+    assert run.status == DagsterRunStatus.FAILURE
+
+
+def test_two_data_dirs_do_not_share_state(both_months, real_seeds: Path, tmp_path: Path) -> None:
+    first, _ = both_months
+    before = sorted(run.run_id for run in recorded_runs(first))
+    second = tmp_path / "data"
+    result = streamflow(
+        "pipeline", "--seeds", str(real_seeds), "--partitions", "2024-02", data_dir=second
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (run,) = recorded_runs(second)
+    assert run.tags["dagster/partition"] == "2024-02"
+    assert sorted(r.run_id for r in recorded_runs(first)) == before
+    assert run.run_id not in before
+    store = ParquetSnapshotStore(second / "snapshots")
+    assert {as_of for t in TABLES for as_of in store.as_ofs(t.snapshot)} == {
+        months.as_of("2024-02")
+    }
+
+
+def test_an_empty_seeds_dir_exits_2_naming_it(tmp_path: Path) -> None:
+    seeds = tmp_path / "empty_seeds"
+    seeds.mkdir()
+    result = streamflow("pipeline", "--seeds", str(seeds), data_dir=tmp_path / "data")
+    assert result.returncode == 2
+    assert str(seeds) in result.stderr
+
+
+@pytest.mark.parametrize("text", ["2024-03..2024-01", "last-month"], ids=["reversed", "words"])
+def test_a_bad_partition_range_exits_2_quoting_it(tmp_path: Path, text: str) -> None:
+    result = streamflow("pipeline", "--partitions", text, data_dir=tmp_path / "data")
+    assert result.returncode == 2
+    assert "streamflow pipeline:" in result.stderr
+    assert text.split("..")[0] in result.stderr

@@ -1,0 +1,111 @@
+"""The code location loads and validates, and the pure modules stay free of Dagster."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dagster import AssetKey, Definitions
+
+from streamflow_assets.core.seeds import TABLES
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SNAPSHOT_KEYS = {AssetKey(t.snapshot) for t in TABLES}
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMFLOW_", "DAGSTER_"))}
+    env["STREAMFLOW_DATA_DIR"] = str(tmp_path / "data")
+    env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
+    (tmp_path / "dagster_home").mkdir()
+    return env
+
+
+def test_the_code_location_loads() -> None:
+    from streamflow_assets.definitions import defs
+
+    Definitions.validate_loadable(defs)
+    assert "monthly_pipeline" in {job.name for job in defs.resolve_all_job_defs()}
+    graph = defs.resolve_asset_graph()
+    assert set(graph.get_all_asset_keys()) >= SNAPSHOT_KEYS
+    checks = {(key.asset_key, key.name) for key in graph.asset_check_keys}
+    for table in TABLES:
+        assert (AssetKey(table.snapshot), "contract") in checks
+        assert (AssetKey(table.snapshot), "row_count_change") in checks
+    assert defs.resolve_sensor_def("new_seed_month_sensor").job_name == "monthly_pipeline"
+
+
+def test_the_monthly_job_is_partitioned_by_month_from_2024_01() -> None:
+    from streamflow_assets.definitions import defs
+
+    job = defs.resolve_job_def("monthly_pipeline")
+    keys = job.partitions_def.get_partition_keys()
+    assert keys[:2] == ["2024-01", "2024-02"]
+
+
+def test_build_definitions_binds_resources_to_the_settings(settings_for, tmp_path: Path) -> None:
+    from streamflow_assets.definitions import build_definitions
+
+    settings = settings_for(tmp_path / "data", tmp_path / "seeds")
+    defs = build_definitions(settings)
+    assert Path(defs.resources["seeds"].seeds_dir) == tmp_path / "seeds"
+    assert Path(defs.resources["snapshots"].root) == tmp_path / "data" / "snapshots"
+
+
+def test_settings_paths_are_absolute_and_per_data_dir(
+    settings_for, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = settings_for(Path("one"), Path("seeds"))
+    assert settings.data_dir == tmp_path / "one"
+    assert settings.seeds_dir == tmp_path / "seeds"
+    other = settings_for(tmp_path / "two", tmp_path / "seeds")
+    assert other.dagster_home != settings.dagster_home
+    assert other.snapshots_dir != settings.snapshots_dir
+    assert settings.dagster_home.is_relative_to(settings.data_dir)
+    assert settings.snapshots_dir.is_relative_to(settings.data_dir)
+
+
+def test_dagster_definitions_validate_exits_0(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(REPO_ROOT / ".venv" / "bin" / "dagster"), "definitions", "validate"]
+        + ["-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+PURITY = """
+import importlib, pkgutil, sys
+import streamflow_assets, streamflow_assets.core
+modules = ["streamflow_assets.core." + m.name
+           for m in pkgutil.iter_modules(streamflow_assets.core.__path__)]
+for name in modules:
+    importlib.import_module(name)
+upward = sorted(m for m in sys.modules if m.startswith("streamflow_assets.")
+                and not m.startswith("streamflow_assets.core"))
+heavy = sorted(m for m in ("dagster", "dagster_mlflow", "dagster_postgres") if m in sys.modules)
+print(len(modules), "modules")
+assert not heavy, f"importing {modules} imported {heavy}"
+assert not upward, f"the pure modules import upward into {upward}"
+"""
+
+
+def test_package_and_core_modules_import_without_dagster(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", PURITY],
+        cwd=REPO_ROOT,
+        env=clean_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert int(result.stdout.split()[0]) >= 4, "seeds, months, settings, snapshots at least"
