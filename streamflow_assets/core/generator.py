@@ -14,22 +14,26 @@ the amount the real month_001 moved, levelling off over the first year (factor 1
 the label leans more on usage and less on the profile as months pass.
 
 Departures and sign-ups. `churn_label` True in month m means the user asked to cancel: with
-probability DEPARTURE_PROBABILITY they are gone from month m+1; the others accepted a retention
-offer and stay (and are scored again). Users labelled False always stay. Stayers age one month
-(months_active + 1, capped at MAX_MONTHS_ACTIVE, the contract's upper bound) and pay one more fee
-into total_paid. From month 1 on, Binomial(previous population, SIGNUP_RATE) new subscribers join
-with fresh user_ids, a signup_date inside that month and months_active 1, or 0 when they joined in
-the month's last three days (not billed yet, total_paid 0). The two rates balance, so the population
-stays near `users`.
+probability DEPARTURE_PROBABILITY (0.3) they are gone from month m+1; the others accepted a
+retention offer, stay, and are scored again. Users labelled False always stay. Stayers age one month
+(months_active + 1, capped at MAX_MONTHS_ACTIVE, the data contract's bound), keep their
+signup_date and pay one more monthly_fee into total_paid. From month 1 on, Poisson(departures) new
+subscribers join each chunk, so the population stays near `users`; each copies the household and
+plan (gender, senior, family, dependents, contract, service, streaming, paperless) of a random
+departed user, since acquisition sells the plans churners give up, which keeps the population mix
+near month 0's. They get fresh user_ids, fresh behaviour levels, a signup_date inside that month and
+months_active 1, or 0 when they joined in the month's last three days (no bill yet, total_paid 0).
 
 Scale. Users are processed in chunks of `chunk_size`; a chunk is carried through every month before
 the next chunk starts, so memory holds one chunk whatever `users` is, and each chunk is appended to
-the six CSVs of every month (headers written once). user_ids come from an affine permutation of the
-user index modulo the id space (10**4 * 26**5 ids shaped `7590-VHVEG`), unique by construction;
-sign-ups take indices past the initial population, a disjoint block per (month, chunk). Output is
-byte-identical for the same (users, months, seed, chunk_size). All months are written into a hidden
-staging folder inside `out_dir` and renamed into place only once complete; the run then replaces any
-`month_NNN` folders already there, including stale ones beyond `months`.
+the six CSVs of every month (headers written once). user_ids come from a seeded bijection of the
+user index onto the id space (10**4 * 26**5 ids shaped `7590-VHVEG`: an affine permutation modulo
+the space, then invertible mixing rounds), unique by construction; sign-ups take indices past the
+initial population, a disjoint block per (month, chunk). Output is byte-identical for the same
+(users, months, seed, chunk_size); another chunk_size gives different (equally valid) data. All
+months are written into a hidden staging folder inside `out_dir` and renamed into place only once
+complete; a failed run leaves `out_dir` as it was. A successful run replaces any `month_NNN` folders
+already there, including stale ones beyond `months`, and leaves other files alone.
 """
 
 from __future__ import annotations
@@ -545,7 +549,12 @@ def generate_seeds(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> GenerationSummary:
-    """Write `months` month folders of synthetic seeds for `users` initial subscribers."""
+    """Write `month_000/` .. `month_{months-1}/` of synthetic seeds into `out_dir`.
+
+    `users` is month 0's population; later months stay near it as users depart and sign up.
+    `chunk_size` bounds memory (one chunk of users at a time); the data depends on it, so keep
+    the default for reproducible seeds.
+    """
     if users < 1:
         raise ValueError(f"users must be at least 1, got {users}")
     if not 1 <= months <= MAX_MONTHS:

@@ -23,6 +23,13 @@ CHUNK = 700
 FOLDERS = [f"month_{m:03d}" for m in range(MONTHS)]
 BOOLEANS = ("user_is_senior", "has_family", "has_dependents", "paperless_billing", "churn_label")
 STREAM_FLAGS = ("plan_stream_tv", "plan_stream_movies")
+FLOATS = (
+    "monthly_fee",
+    "total_paid",
+    "watch_hours_30d",
+    "avg_session_mins_7d",
+    "ticket_avg_resolution_hrs_90d",
+)
 
 
 def read_month(folder: Path) -> pd.DataFrame:
@@ -119,6 +126,9 @@ def test_numbers_are_formatted_like_the_real_files(months: list[pd.DataFrame]) -
         assert month["ticket_avg_resolution_hrs_90d"].str.fullmatch(r"\d+\.\d").all()
         for column in ("watch_hours_30d", "avg_session_mins_7d"):
             assert month[column].str.fullmatch(r"\d+\.\d+").all(), column
+        # The real files hold exactly Python's repr of each float (what pandas writes).
+        for column in FLOATS:
+            assert all(repr(float(text)) == text for text in month[column]), column
         counts = (
             "months_active",
             "unique_devices_30d",
