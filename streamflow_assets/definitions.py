@@ -2,6 +2,12 @@
 
 from dagster import Definitions
 
+from streamflow_assets.assets.features import (
+    feature_registry,
+    online_features,
+    training_checks,
+    training_dataset,
+)
 from streamflow_assets.assets.ingestion import (
     monthly_snapshots,
     new_seed_month_sensor,
@@ -14,8 +20,8 @@ from streamflow_assets.resources import build_resources
 
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
-        assets=[monthly_snapshots],
-        asset_checks=snapshot_checks,
+        assets=[monthly_snapshots, feature_registry, online_features, training_dataset],
+        asset_checks=[*snapshot_checks, *training_checks],
         jobs=[monthly_pipeline],
         sensors=[new_seed_month_sensor],
         resources=build_resources(settings),

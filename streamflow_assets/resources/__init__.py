@@ -3,10 +3,11 @@
 from dagster import ConfigurableResource
 
 from streamflow_assets.core.settings import Settings
+from streamflow_assets.resources.features import FeatureStoreResource
 from streamflow_assets.resources.seeds import SeedsResource
 from streamflow_assets.resources.storage import ParquetSnapshots, SnapshotsResource
 
-__all__ = ["SeedsResource", "SnapshotsResource", "build_resources"]
+__all__ = ["FeatureStoreResource", "SeedsResource", "SnapshotsResource", "build_resources"]
 
 
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
@@ -15,4 +16,5 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
     return {
         "seeds": SeedsResource(seeds_dir=str(settings.seeds_dir)),
         "snapshots": ParquetSnapshots(root=str(settings.snapshots_dir)),
+        "feature_store": FeatureStoreResource(feature_repo=str(settings.feature_repo)),
     }

@@ -1,0 +1,30 @@
+"""One Feast source per snapshot table, named `<table>_source`; the profile picks the backend."""
+
+from feast import FileSource
+from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
+    PostgreSQLSource,
+)
+
+from streamflow_assets.core.features import TIMESTAMP
+from streamflow_assets.core.seeds import TABLES
+from streamflow_assets.core.settings import get_settings
+
+
+def snapshot_source(table: str) -> FileSource | PostgreSQLSource:
+    """The snapshot table as the active profile stores it: parquet files, or a Postgres table."""
+    settings = get_settings()
+    name = f"{table}_source"
+    if settings.profile == "postgres":
+        return PostgreSQLSource(name=name, table=table, timestamp_field=TIMESTAMP)
+    return FileSource(
+        name=name, path=str(settings.snapshots_dir / table), timestamp_field=TIMESTAMP
+    )
+
+
+sources = {table.snapshot: snapshot_source(table.snapshot) for table in TABLES}
+users_snapshots_source = sources["users_snapshots"]
+subscriptions_profile_snapshots_source = sources["subscriptions_profile_snapshots"]
+usage_agg_30d_snapshots_source = sources["usage_agg_30d_snapshots"]
+payments_agg_90d_snapshots_source = sources["payments_agg_90d_snapshots"]
+support_agg_90d_snapshots_source = sources["support_agg_90d_snapshots"]
+labels_snapshots_source = sources["labels_snapshots"]

@@ -1,0 +1,155 @@
+"""The Feast side of StreamFlow: open a profile's store, apply the repo, write a month online."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import string
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from feast import FeatureStore, RepoConfig
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.repo_contents import RepoContents
+from feast.repo_operations import extract_objects_for_apply_delete, parse_repo
+from feast.type_map import python_values_to_proto_values
+from feast.value_type import ValueType
+
+from streamflow_assets.core.features import FEATURE_VIEWS, JOIN_KEY
+from streamflow_assets.core.online_store import WriteStats
+from streamflow_assets.core.settings import Settings
+
+_VALUE_TYPES = {
+    "Int64": ValueType.INT64,
+    "Float32": ValueType.FLOAT,
+    "Bool": ValueType.BOOL,
+    "String": ValueType.STRING,
+}
+
+
+def open_store(settings: Settings) -> FeatureStore:
+    """The profile's Feast store: its feature_store.yaml with `${VAR}`s filled from the settings.
+
+    The same file serves the `feast` CLI, which fills them from the environment instead.
+    """
+    text = settings.feature_store_yaml.read_text()
+    values = {**os.environ, **settings.feast_env()}
+    config = RepoConfig(**yaml.safe_load(string.Template(text).safe_substitute(values)))
+    config.repo_path = settings.feature_repo
+    settings.feast_dir.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=config)
+
+
+@contextlib.contextmanager
+def _inside(repo: Path) -> Iterator[None]:
+    previous = os.getcwd()
+    os.chdir(repo)
+    sys.path.insert(0, str(repo))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(repo))
+        os.chdir(previous)
+
+
+def load_definitions(repo: Path) -> RepoContents:
+    """Import the repo's definitions as `feast apply` does (it names modules from the cwd).
+
+    Feast imports them by module name, so copies cached by an earlier call are dropped first:
+    the data sources must be rebuilt from the current settings (e.g. another data dir).
+    """
+    with _inside(repo):
+        for path in repo.glob("*.py"):
+            sys.modules.pop(path.stem, None)
+        return parse_repo(repo)
+
+
+@dataclass(frozen=True)
+class ApplySummary:
+    applied: int
+    deleted: int
+    views: dict[str, list[str]]
+    services: list[str]
+
+
+def apply_definitions(store: FeatureStore, repo: Path) -> ApplySummary:
+    """`feast apply` for the repo: register new or changed objects, delete removed ones."""
+    contents = load_definitions(repo)
+    registry = store.registry
+    for project in contents.projects:
+        registry.apply_project(project, commit=True)
+    to_apply, to_delete, _, _ = extract_objects_for_apply_delete(store.project, registry, contents)
+    store.apply(to_apply, objects_to_delete=to_delete, partial=False)
+    return ApplySummary(
+        applied=len(to_apply),
+        deleted=len(to_delete),
+        views={fv.name: [f.name for f in fv.features] for fv in contents.feature_views},
+        services=[s.name for s in contents.feature_services],
+    )
+
+
+def _entity_keys(user_ids: np.ndarray, version: int) -> np.ndarray:
+    return np.array(
+        [
+            serialize_entity_key(
+                EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val=uid)]),
+                entity_key_serialization_version=version,
+            )
+            for uid in user_ids
+        ],
+        dtype=object,
+    )
+
+
+def _encoded(values: pd.Series, dtype: str) -> np.ndarray:
+    """Serialized ValueProtos of a column, by Feast's own converter applied to distinct values.
+
+    Snapshot columns repeat few values (flags, counts, categories), so encoding each distinct
+    value once and indexing by its code is much faster than a proto per row, and byte-identical.
+    """
+    codes, uniques = pd.factorize(values, use_na_sentinel=True)
+    protos = python_values_to_proto_values(list(uniques), _VALUE_TYPES[dtype])
+    # Code -1 (missing) indexes the last entry: an empty ValueProto, which Feast reads as None.
+    table = np.array([p.SerializeToString() for p in protos] + [b""], dtype=object)
+    return table[codes]
+
+
+def materialize_month(
+    store: FeatureStore, frames: dict[str, pd.DataFrame], as_of: datetime
+) -> dict[str, WriteStats]:
+    """Write one month's snapshot rows into the online store, view by view.
+
+    Reads nothing but the month's own rows (no scan of every month as `feast materialize` does),
+    and writes through the online store's guarded upsert, so older months never win. The Feast
+    registry records the materialized interval, as `feast materialize` would.
+    """
+    online = store._get_provider().online_store
+    # Every view of a month holds the same users: serialize each key once, in sorted order, which
+    # is also the order that fills the online tables' B-trees in sequence.
+    users = pd.Index(
+        np.unique(
+            np.concatenate([frames[v.source_table][JOIN_KEY].to_numpy() for v in FEATURE_VIEWS])
+        )
+    )
+    keys = _entity_keys(users.to_numpy(), store.config.entity_key_serialization_version)
+    stats = {}
+    for spec in FEATURE_VIEWS:
+        df = frames[spec.source_table]
+        order = np.argsort(users.get_indexer(df[JOIN_KEY]))
+        df = df.iloc[order]
+        view = store.get_feature_view(spec.name)
+        values = {f.name: _encoded(df[f.name], f.dtype) for f in spec.features}
+        view_keys = keys[users.get_indexer(df[JOIN_KEY])]
+        stats[spec.name] = online.write_encoded(store.config, view, view_keys, values, as_of)
+        store.registry.apply_materialization(
+            view, store.project, as_of, as_of + timedelta(seconds=1), commit=True
+        )
+    return stats

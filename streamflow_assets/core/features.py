@@ -1,0 +1,130 @@
+"""The model's features: names, Feast types, views, and how raw values become model inputs.
+
+Training (from Feast's offline store) and serving (from its online store) both go through
+`to_model_frame`, so a user's served features and the model's training inputs cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+FeastType = Literal["Int64", "Float32", "Bool", "String"]
+
+FEATURE_SERVICE = "churn_model_v1"
+ENTITY = "user"
+JOIN_KEY = "user_id"
+TIMESTAMP = "as_of"
+LABEL = "churn_label"
+# A snapshot older than about two months no longer joins: a month-end snapshot is 28-31 days
+# old at the next month end and 59-62 days old at the one after.
+FEATURE_TTL = timedelta(days=62)
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    view: str
+    dtype: FeastType
+
+    @property
+    def categorical(self) -> bool:
+        # Booleans are one-hot encoded with "missing" as a category of its own: an empty stream
+        # flag means "no internet service", which is information, not noise to impute.
+        return self.dtype in ("Bool", "String")
+
+
+@dataclass(frozen=True)
+class FeatureView:
+    name: str
+    source_table: str
+    features: tuple[Feature, ...]
+
+
+def _view(name: str, source_table: str, *fields: tuple[str, FeastType]) -> FeatureView:
+    return FeatureView(name, source_table, tuple(Feature(f, name, t) for f, t in fields))
+
+
+FEATURE_VIEWS: tuple[FeatureView, ...] = (
+    _view(
+        "subs_profile",
+        "subscriptions_profile_snapshots",
+        ("months_active", "Int64"),
+        ("monthly_fee", "Float32"),
+        ("paperless_billing", "Bool"),
+        ("plan_stream_tv", "Bool"),
+        ("plan_stream_movies", "Bool"),
+        ("net_service", "String"),
+    ),
+    _view(
+        "usage_agg_30d",
+        "usage_agg_30d_snapshots",
+        ("watch_hours_30d", "Float32"),
+        ("avg_session_mins_7d", "Float32"),
+        ("unique_devices_30d", "Int64"),
+        ("skips_7d", "Int64"),
+        ("rebuffer_events_7d", "Int64"),
+    ),
+    _view(
+        "payments_agg_90d",
+        "payments_agg_90d_snapshots",
+        ("failed_payments_90d", "Int64"),
+    ),
+    _view(
+        "support_agg_90d",
+        "support_agg_90d_snapshots",
+        ("support_tickets_90d", "Int64"),
+        ("ticket_avg_resolution_hrs_90d", "Float32"),
+    ),
+)
+FEATURES: tuple[Feature, ...] = tuple(f for view in FEATURE_VIEWS for f in view.features)
+FEATURE_NAMES: list[str] = [f.name for f in FEATURES]
+CATEGORICAL: list[str] = [f.name for f in FEATURES if f.categorical]
+NUMERIC: list[str] = [f.name for f in FEATURES if not f.categorical]
+FEATURE_REFS: list[str] = [f"{f.view}:{f.name}" for f in FEATURES]
+MISSING = "missing"
+
+
+_BOOL_TEXT = {True: "True", False: "False"}
+
+
+def _floats(values: Sequence[Any]) -> np.ndarray:
+    if hasattr(values, "to_numpy"):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.asarray(values, dtype=np.float64)
+
+
+def _model_column(feature: Feature, values: Sequence[Any]) -> np.ndarray:
+    if feature.dtype == "Float32":
+        # Feast serves Float32 features as float32 (a fee of 29.85 comes back as
+        # 29.850000381469727) while the offline store keeps the float64 it read: rounding through
+        # float32 on both sides makes them the same number.
+        return _floats(values).astype(np.float32).astype(np.float64)
+    if feature.dtype == "Int64":
+        return _floats(values)
+    if feature.dtype == "Bool":
+        return np.array([_BOOL_TEXT.get(v, MISSING) for v in values], dtype=object)
+    return np.array([v if isinstance(v, str) else MISSING for v in values], dtype=object)
+
+
+def model_inputs(raw: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
+    """The model's input columns, in feature order, from raw feature values of any source.
+
+    Numbers become float64 (missing as NaN, for the imputer); booleans and strings become text
+    categories with `missing` for an empty value. Works on one row (serving) as on millions
+    (training), without building a DataFrame per request.
+    """
+    absent = [name for name in FEATURE_NAMES if name not in raw]
+    if absent:
+        raise KeyError(f"features missing from the input: {absent}")
+    return {f.name: _model_column(f, raw[f.name]) for f in FEATURES}
+
+
+def to_model_frame(raw: pd.DataFrame | Mapping[str, Sequence[Any]]) -> pd.DataFrame:
+    """`model_inputs` as the DataFrame that the scikit-learn Pipeline is trained on."""
+    return pd.DataFrame(model_inputs(raw))
