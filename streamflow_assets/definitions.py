@@ -13,6 +13,8 @@ from streamflow_assets.assets.ingestion import (
     new_seed_month_sensor,
     snapshot_checks,
 )
+from streamflow_assets.assets.registry import production_model
+from streamflow_assets.assets.training import candidate_scores_online_features, churn_model
 from streamflow_assets.core.settings import Settings, get_settings
 from streamflow_assets.jobs import monthly_pipeline
 from streamflow_assets.resources import build_resources
@@ -20,8 +22,15 @@ from streamflow_assets.resources import build_resources
 
 def build_definitions(settings: Settings) -> Definitions:
     return Definitions(
-        assets=[monthly_snapshots, feature_registry, online_features, training_dataset],
-        asset_checks=[*snapshot_checks, *training_checks],
+        assets=[
+            monthly_snapshots,
+            feature_registry,
+            online_features,
+            training_dataset,
+            churn_model,
+            production_model,
+        ],
+        asset_checks=[*snapshot_checks, *training_checks, candidate_scores_online_features],
         jobs=[monthly_pipeline],
         sensors=[new_seed_month_sensor],
         resources=build_resources(settings),

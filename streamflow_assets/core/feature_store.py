@@ -23,7 +23,7 @@ from feast.repo_operations import extract_objects_for_apply_delete, parse_repo
 from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
-from streamflow_assets.core.features import FEATURE_VIEWS, JOIN_KEY
+from streamflow_assets.core.features import FEATURE_SERVICE, FEATURE_VIEWS, JOIN_KEY
 from streamflow_assets.core.online_store import WriteStats
 from streamflow_assets.core.settings import Settings
 
@@ -153,3 +153,12 @@ def materialize_month(
             view, store.project, as_of, as_of + timedelta(seconds=1), commit=True
         )
     return stats
+
+
+def read_online(store: FeatureStore, user_ids: list[str]) -> pd.DataFrame:
+    """The online features of users through `churn_model_v1`; unknown users come back all null."""
+    response = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICE),
+        entity_rows=[{JOIN_KEY: user_id} for user_id in user_ids],
+    )
+    return pd.DataFrame(response.to_dict())

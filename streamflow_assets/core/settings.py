@@ -6,10 +6,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["local", "postgres"]
+AlertSink = Literal["jsonl", "webhook", "log"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -25,12 +26,44 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     seeds_dir: Path = Path("data/seeds")
     feature_repo: Path = REPO_ROOT / "feature_repo"
+    # MLflow tracking and registry; by default a SQLite file under the data dir.
+    mlflow_tracking_uri: str | None = None
+    # A candidate must beat the champion's AUC by this much to take its place, and score at
+    # least the floor on the month's online features before promotion is even considered.
+    promotion_margin: float = 0.01
+    promotion_auc_floor: float = 0.6
 
     @field_validator("data_dir", "seeds_dir", "feature_repo")
     @classmethod
     def _absolute(cls, path: Path) -> Path:
         # Feast and MLflow resolve relative paths against their own working dirs; pin them once.
         return path.expanduser().resolve()
+
+    # Freshness: the previous month must be online by the deadline (cron, UTC); the checks run on
+    # their own schedule (cron). A maximum age against the wall clock is off by default, because
+    # historical seeds such as the real ones are years old.
+    freshness_deadline_cron: str = "0 6 2 * *"
+    freshness_schedule_cron: str = "0 * * * *"
+    freshness_sample_size: int = 500
+    freshness_stale_fraction_warn: float = 0.01
+    freshness_max_age_days: float | None = None
+    # Alerts go to a webhook when its URL is set (Slack-compatible), else to `alerts.jsonl` under
+    # the data dir; `alert_sink` forces one (`jsonl`, `webhook` or `log`). Links point at the UI.
+    alert_sink: AlertSink | None = None
+    alert_webhook_url: SecretStr | None = None
+    alert_webhook_timeout_seconds: float = 5.0
+    alert_webhook_retries: int = 3
+    dagster_ui_url: str = "http://127.0.0.1:3000"
+
+    @property
+    def alert_destination(self) -> AlertSink:
+        if self.alert_sink:
+            return self.alert_sink
+        return "webhook" if self.alert_webhook_url else "jsonl"
+
+    @property
+    def alerts_path(self) -> Path:
+        return self.data_dir / "alerts.jsonl"
 
     @property
     def dagster_home(self) -> Path:
@@ -52,6 +85,17 @@ class Settings(BaseSettings):
             else f"feature_store.{self.profile}.yaml"
         )
         return self.feature_repo / name
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_location(self) -> str | None:
+        """Where a new experiment keeps its artifacts; None lets a tracking server decide."""
+        if self.mlflow_tracking_uri:
+            return None
+        return (self.data_dir / "mlflow" / "artifacts").as_uri()
 
     def feast_env(self) -> dict[str, str]:
         """The variables `feature_store.yaml` refers to, so the `feast` CLI sees the same stores."""

@@ -1,0 +1,194 @@
+"""Training: a churn model per month, logged to MLflow and registered as a new version."""
+
+import base64
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import skops.io
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    ResourceParam,
+    asset,
+    asset_check,
+)
+from dagster_mlflow import end_mlflow_on_run_finished
+from dagster_mlflow.resources import MlFlow
+from mlflow import pyfunc as mlflow_pyfunc
+from mlflow.models import infer_signature
+from sklearn.metrics import roc_auc_score
+
+from streamflow_assets.assets.features import TRAINING_TABLE, content_hash, training_dataset
+from streamflow_assets.core import months
+from streamflow_assets.core.compiled import ONNX_FILE
+from streamflow_assets.core.feature_store import read_online
+from streamflow_assets.core.features import (
+    FEATURE_SERVICE,
+    FEATURES,
+    JOIN_KEY,
+    LABEL,
+    to_model_frame,
+)
+from streamflow_assets.core.registry import MODEL_NAME
+from streamflow_assets.core.settings import get_settings
+from streamflow_assets.core.training import (
+    ForestParams,
+    confusion_matrix_png,
+    roc_curve_png,
+    to_onnx,
+    train,
+)
+from streamflow_assets.partitions import monthly_partitions
+from streamflow_assets.resources import (
+    FeatureStoreResource,
+    ModelRegistryResource,
+    SnapshotsResource,
+)
+
+# Users scored by the pre-promotion check: enough for a stable AUC, quick to read online.
+CHECK_SAMPLE = 1000
+
+
+class ChurnModelConfig(Config):
+    """Hyperparameters of the forest; override them at launch in the Dagster UI."""
+
+    n_estimators: int = ForestParams.n_estimators
+    min_samples_leaf: int = ForestParams.min_samples_leaf
+    max_depth: int | None = ForestParams.max_depth
+    class_weight: str | None = ForestParams.class_weight
+    random_state: int = ForestParams.random_state
+    validation_size: float = ForestParams.validation_size
+
+
+def _image(png: bytes, title: str) -> str:
+    return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def _feature_schema() -> dict:
+    return {
+        "feature_service": FEATURE_SERVICE,
+        "features": [
+            {"name": f.name, "view": f.view, "dtype": f.dtype, "categorical": f.categorical}
+            for f in FEATURES
+        ],
+    }
+
+
+@asset(
+    group_name="training",
+    kinds={"mlflow", "scikitlearn"},
+    partitions_def=monthly_partitions,
+    deps=[training_dataset],
+    hooks={end_mlflow_on_run_finished},
+)
+def churn_model(
+    context: AssetExecutionContext,
+    config: ChurnModelConfig,
+    snapshots: SnapshotsResource,
+    mlflow: ResourceParam[MlFlow],
+) -> MaterializeResult:
+    """A churn classifier trained on the month, registered as a new `streamflow_churn` version."""
+    key = context.partition_key
+    as_of = months.as_of(key)
+    dataset = snapshots.store().read(TRAINING_TABLE, as_of).drop(columns=["as_of"])
+    params = ForestParams(**config.model_dump())
+    trained = train(dataset, params)
+    onnx_model = to_onnx(trained.pipeline, trained.split.x_val)
+    # `mlflow` is dagster-mlflow's resource: the mlflow API, inside the run it opened for us.
+    run_id = mlflow.active_run().info.run_id
+    dataset_hash = content_hash(dataset)
+
+    mlflow.log_params(params.as_dict() | {"partition": key, "rows": len(dataset)})
+    mlflow.log_metrics(trained.metrics)
+    mlflow.log_dict(_feature_schema(), "feature_schema.json")
+    y_val, probability = trained.split.y_val, trained.val_probability
+    roc = roc_curve_png(y_val, probability, f"ROC {key}")
+    confusion = confusion_matrix_png(y_val, probability, f"Confusion {key}")
+    example = trained.split.x_val.head(5)
+    with tempfile.TemporaryDirectory() as scratch:
+        plots = Path(scratch)
+        (plots / "roc_curve.png").write_bytes(roc)
+        (plots / "confusion_matrix.png").write_bytes(confusion)
+        mlflow.log_artifacts(scratch, "plots")
+        onnx_path = plots / ONNX_FILE
+        onnx_path.write_bytes(onnx_model)
+        model_info = mlflow.sklearn.log_model(
+            trained.pipeline,
+            name="model",
+            signature=infer_signature(example, trained.pipeline.predict_proba(example)),
+            input_example=example,
+            # Probabilities are what consumers rank churners by, and what AUC is computed on.
+            pyfunc_predict_fn="predict_proba",
+            # skops refuses unknown types on load; these are the ones this very Pipeline holds.
+            skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(trained.pipeline)),
+            extra_files=[str(onnx_path)],
+        )
+    lineage = {
+        "partition": key,
+        "as_of": as_of.date().isoformat(),
+        "dataset_hash": dataset_hash,
+        "feature_service": FEATURE_SERVICE,
+        "dagster_run_id": context.run_id,
+        "mlflow_run_id": run_id,
+        "val_auc": round(trained.metrics["val_auc"], 6),
+    }
+    version = mlflow.register_model(model_info.model_uri, MODEL_NAME, tags=lineage)
+    context.log.info(f"registered {MODEL_NAME} v{version.version} (val_auc {lineage['val_auc']})")
+    return MaterializeResult(
+        metadata={
+            **{name: round(value, 4) for name, value in trained.metrics.items()},
+            "model_version": version.version,
+            "model_uri": f"models:/{MODEL_NAME}/{version.version}",
+            "mlflow_run_uri": f"runs:/{run_id}/model",
+            "dataset_hash": dataset_hash,
+            "rows": len(dataset),
+            "roc_curve": MetadataValue.md(_image(roc, f"ROC {key}")),
+            "confusion_matrix": MetadataValue.md(_image(confusion, f"Confusion {key}")),
+            "params": MetadataValue.json(params.as_dict()),
+        }
+    )
+
+
+@asset_check(
+    asset=churn_model,
+    blocking=True,
+    partitions_def=monthly_partitions,
+    description="The registered candidate loads through pyfunc and ranks the month's users, "
+    "read from the online store, above the AUC floor.",
+)
+def candidate_scores_online_features(
+    context: AssetCheckExecutionContext,
+    snapshots: SnapshotsResource,
+    feature_store: FeatureStoreResource,
+    model_registry: ModelRegistryResource,
+) -> AssetCheckResult:
+    key = context.partition_key
+    floor = get_settings().promotion_auc_floor
+    candidate = model_registry.registry().latest_for_partition(key)
+    if candidate is None:
+        return AssetCheckResult(passed=False, metadata={"reason": f"no version for {key}"})
+    labels = snapshots.store().read("labels_snapshots", months.as_of(key))
+    sample = labels.sample(n=min(CHECK_SAMPLE, len(labels)), random_state=0)
+    online = read_online(feature_store.open(), sample[JOIN_KEY].tolist())
+    known = online[[f.name for f in FEATURES]].notna().any(axis=1).to_numpy()
+    model = mlflow_pyfunc.load_model(f"models:/{MODEL_NAME}/{candidate.version}")
+    probability = np.asarray(model.predict(to_model_frame(online[known])))[:, 1]
+    y = sample[LABEL].astype(int).to_numpy()[known]
+    auc = float(roc_auc_score(y, probability)) if len(set(y)) == 2 else float("nan")
+    return AssetCheckResult(
+        passed=bool(auc >= floor),
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "model_version": candidate.version,
+            "auc_online_sample": round(auc, 4),
+            "auc_floor": floor,
+            "sampled_users": len(sample),
+            "users_missing_online": int((~known).sum()),
+        },
+    )

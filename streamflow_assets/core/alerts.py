@@ -1,0 +1,138 @@
+"""Alerts: what one says, its Slack-compatible payload, and the two ways to deliver it."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+AlertState = Literal["failing", "recovered"]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A freshness check that started failing, or recovered: enough to act on without the UI."""
+
+    state: AlertState
+    asset: str
+    check: str
+    partition: str | None
+    lag_days: float | None
+    expected_as_of: str | None
+    actual_as_of: str | None
+    summary: str
+    link: str
+    time: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.time:
+            object.__setattr__(self, "time", datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def title(self) -> str:
+        if self.state == "failing":
+            return f"StreamFlow: {self.asset} is stale ({self.check} failed)"
+        return f"StreamFlow: {self.asset} is fresh again ({self.check} passed)"
+
+    @property
+    def text(self) -> str:
+        lag = "nothing held" if self.lag_days is None else f"{self.lag_days:g} days"
+        return (
+            f"{self.title}. Partition {self.partition or 'unknown'}: the online store holds "
+            f"{self.actual_as_of or 'nothing'}, expected {self.expected_as_of or 'unknown'} "
+            f"(lag {lag}). {self.summary} {self.link}"
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {"event": "alert", **asdict(self), "text": self.text}
+
+
+def slack_payload(alert: Alert) -> dict[str, Any]:
+    """An incoming-webhook message: `text` for notifications and clients without blocks."""
+    icon = ":red_circle:" if alert.state == "failing" else ":large_green_circle:"
+    lag = "nothing held" if alert.lag_days is None else f"{alert.lag_days:g} days"
+    fields = {
+        "Asset": alert.asset,
+        "Partition": alert.partition or "unknown",
+        "Online store holds": alert.actual_as_of or "nothing",
+        "Expected": alert.expected_as_of or "unknown",
+        "Lag": lag,
+        "Check": alert.check,
+    }
+    return {
+        "text": alert.text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"{icon} *{alert.title}*"}},
+            {
+                "type": "section",
+                "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields.items()],
+            },
+            {"type": "section", "text": {"type": "mrkdwn", "text": alert.summary}},
+            {
+                "type": "section",
+                "text": {"type": "mrkdwn", "text": f"<{alert.link}|Open {alert.asset} in Dagster>"},
+            },
+        ],
+    }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Whether an alert arrived, after how many attempts, and the last error if it did not."""
+
+    delivered: bool
+    attempts: int
+    destination: str
+    error: str | None = None
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line; a line is written by a single call, so readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def post_json(
+    url: str,
+    payload: dict[str, Any],
+    timeout: float,
+    retries: int,
+    backoff: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Delivery:
+    """POST a JSON payload; retry timeouts, connection errors, 429 and 5xx with backoff.
+
+    Other 4xx answers (a revoked or mistyped webhook) would fail the same way again, so they are
+    not retried. Never raises for an HTTP failure: the caller records the returned Delivery.
+    """
+    error = None
+    attempts = 0
+    with httpx.Client(timeout=timeout) as client:
+        for attempt in range(retries + 1):
+            if attempt:
+                sleep(backoff * 2 ** (attempt - 1))
+            attempts += 1
+            try:
+                response = client.post(url, json=payload)
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.is_success:
+                return Delivery(True, attempts, url)
+            error = f"HTTP {response.status_code}: {response.text[:200]}"
+            if response.status_code != 429 and response.status_code < 500:
+                break
+    return Delivery(False, attempts, url, error)
