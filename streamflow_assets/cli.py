@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from streamflow_assets.core import months
@@ -87,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The console shows one line per step of work; library deprecation notices and progress
+    # bars would bury it (Dagster keeps every event of a run for the UI).
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         return args.run(args)
     except ValueError as error:

@@ -3,6 +3,7 @@
 import time
 from dataclasses import dataclass
 
+import mlflow
 from dagster import DagsterInstance, Definitions
 
 from streamflow_assets.jobs import monthly_pipeline
@@ -53,6 +54,10 @@ def run_month(defs: Definitions, instance: DagsterInstance, partition: str) -> M
         # The one-line summary is the console output; every event stays in the instance and UI.
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
     )
+    # dagster-mlflow's hook closes the run's MLflow run after its last step; when that step was
+    # skipped (a blocking check failed) the run stays active and the next month would log into it.
+    if mlflow.active_run() is not None:
+        mlflow.end_run(status="FAILED" if not result.success else "FINISHED")
     evaluations = [
         event.asset_check_evaluation_data
         for event in result.all_events
