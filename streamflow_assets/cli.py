@@ -65,6 +65,25 @@ def _pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _freshness(args: argparse.Namespace) -> int:
+    """Print the online store's freshness facts; exit 0 fresh, 1 stale, 2 could not tell."""
+    from streamflow_assets.resources import build_resources
+
+    resources = build_resources(get_settings())
+    try:
+        result = resources["freshness"].evaluate(
+            resources["feature_store"].open(), resources["snapshots"].store()
+        )
+    except Exception as error:
+        # Cron and ops read the exit code: 1 must only ever mean "stale", so a store that
+        # cannot be read at all is reported, with its error, as "could not tell".
+        print(f"streamflow freshness: could not tell: {error!r}", file=sys.stderr)
+        return 2
+    for name, value in result.facts().items():
+        print(f"{name:<30}{'-' if value is None else value}")
+    return result.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--partitions", help="months to run, e.g. 2024-01..2024-03 (default: every seeded month)"
     )
     pipeline.set_defaults(run=_pipeline)
+
+    freshness = commands.add_parser(
+        "freshness",
+        help="is the online store as fresh as the newest snapshots? exit 0 yes, 1 no, 2 unknown",
+    )
+    freshness.set_defaults(run=_freshness)
     return parser
 
 

@@ -13,6 +13,12 @@ from streamflow_assets.assets.ingestion import (
     new_seed_month_sensor,
     snapshot_checks,
 )
+from streamflow_assets.assets.monitoring import (
+    build_freshness_schedule,
+    freshness_checks,
+    freshness_checks_job,
+    freshness_sensors,
+)
 from streamflow_assets.assets.registry import production_model
 from streamflow_assets.assets.training import candidate_scores_online_features, churn_model
 from streamflow_assets.core.settings import Settings, get_settings
@@ -30,9 +36,15 @@ def build_definitions(settings: Settings) -> Definitions:
             churn_model,
             production_model,
         ],
-        asset_checks=[*snapshot_checks, *training_checks, candidate_scores_online_features],
-        jobs=[monthly_pipeline],
-        sensors=[new_seed_month_sensor],
+        asset_checks=[
+            *snapshot_checks,
+            *training_checks,
+            candidate_scores_online_features,
+            *freshness_checks,
+        ],
+        jobs=[monthly_pipeline, freshness_checks_job],
+        schedules=[build_freshness_schedule(settings)],
+        sensors=[new_seed_month_sensor, *freshness_sensors],
         resources=build_resources(settings),
     )
 

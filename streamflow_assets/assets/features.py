@@ -22,6 +22,7 @@ from streamflow_assets.core.features import (
     JOIN_KEY,
     LABEL,
 )
+from streamflow_assets.freshness import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import FeatureStoreResource, SnapshotsResource
 
@@ -54,6 +55,7 @@ def feature_registry(feature_store: FeatureStoreResource) -> MaterializeResult:
     kinds={"feast", "sqlite"},
     partitions_def=monthly_partitions,
     deps=[feature_registry, *_FEATURE_TABLES],
+    freshness_policy=monthly_freshness_policy(),
 )
 def online_features(
     context: AssetExecutionContext,

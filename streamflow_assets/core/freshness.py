@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 
 from streamflow_assets.core import months
 
@@ -13,7 +13,7 @@ MAX_EXAMPLES = 5
 _DAY = timedelta(days=1)
 
 
-class FreshnessStatus(str, Enum):
+class FreshnessStatus(StrEnum):
     FRESH = "FRESH"
     STALE = "STALE"
     UNKNOWN = "UNKNOWN"

@@ -60,9 +60,7 @@ def online_event_times(store: FeatureStore, user_ids: list[str]) -> UserEventTim
             raise
         return None
     # Feast returns epoch seconds, and 0 for a user it holds no row for.
-    stamps = {
-        view: rows[f"{ref.split(':')[1]}__ts"] for view, ref in _PROBE_REFS.items()
-    }
+    stamps = {view: rows[f"{ref.split(':')[1]}__ts"] for view, ref in _PROBE_REFS.items()}
     return {
         user: {
             view: datetime.fromtimestamp(stamps[view][i], UTC) if stamps[view][i] else None
@@ -81,7 +79,7 @@ def check_online_store(
 ) -> FreshnessResult:
     """Compare a sample of the newest snapshot month's users online with that month."""
     expected = newest_snapshot_as_of(snapshots)
-    intervals = registry_intervals(store)
+    intervals = registry_intervals(store) if expected is not None else None
     event_times: UserEventTimes | None = {}
     if expected is not None and intervals is not None:
         # The users of the month: every feature table holds the same ones (a contract check).

@@ -1,15 +1,24 @@
 """Dagster resources; `build_resources` is the one place a profile picks its implementations."""
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 
 from streamflow_assets.core.settings import Settings
 from streamflow_assets.resources.features import FeatureStoreResource
 from streamflow_assets.resources.mlflow import MlflowTracking, ModelRegistryResource
+from streamflow_assets.resources.monitoring import (
+    AlertSinkResource,
+    FreshnessResource,
+    JsonlAlertSink,
+    LogAlertSink,
+    WebhookAlertSink,
+)
 from streamflow_assets.resources.seeds import SeedsResource
 from streamflow_assets.resources.storage import ParquetSnapshots, SnapshotsResource
 
 __all__ = [
+    "AlertSinkResource",
     "FeatureStoreResource",
+    "FreshnessResource",
     "MlflowTracking",
     "ModelRegistryResource",
     "SeedsResource",
@@ -30,4 +39,29 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             artifact_location=settings.mlflow_artifact_location,
         ),
         "model_registry": ModelRegistryResource(tracking_uri=settings.tracking_uri),
+        "freshness": FreshnessResource(
+            sample_size=settings.freshness_sample_size,
+            stale_fraction_warn=settings.freshness_stale_fraction_warn,
+            max_age_days=settings.freshness_max_age_days,
+            dagster_ui_url=settings.dagster_ui_url,
+        ),
+        "alerts": _alert_sink(settings),
     }
+
+
+def _alert_sink(settings: Settings) -> AlertSinkResource:
+    destination = settings.alert_destination
+    if destination == "log":
+        return LogAlertSink()
+    if destination == "jsonl":
+        return JsonlAlertSink(path=str(settings.alerts_path))
+    if settings.alert_webhook_url is None:
+        raise ValueError("STREAMFLOW_ALERT_SINK=webhook needs STREAMFLOW_ALERT_WEBHOOK_URL")
+    return WebhookAlertSink(
+        # Read from the environment when the sensor runs, so the UI shows the variable's name
+        # rather than the URL (a Slack webhook URL carries its token).
+        url=EnvVar("STREAMFLOW_ALERT_WEBHOOK_URL"),
+        failure_log=str(settings.alerts_path),
+        timeout_seconds=settings.alert_webhook_timeout_seconds,
+        retries=settings.alert_webhook_retries,
+    )

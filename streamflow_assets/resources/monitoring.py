@@ -1,0 +1,92 @@
+"""Monitoring resources: the online store freshness probe, and where alerts are delivered."""
+
+from datetime import timedelta
+from pathlib import Path
+
+from dagster import ConfigurableResource, get_dagster_logger
+from feast import FeatureStore
+
+from streamflow_assets.core.alerts import Alert, Delivery, append_jsonl, post_json, slack_payload
+from streamflow_assets.core.freshness import FreshnessResult, Thresholds
+from streamflow_assets.core.freshness_probe import check_online_store
+from streamflow_assets.core.snapshots import SnapshotStore
+
+
+class FreshnessResource(ConfigurableResource):
+    """How the online store's freshness is judged, and where the Dagster UI is for alert links."""
+
+    sample_size: int = 500
+    stale_fraction_warn: float = 0.01
+    max_age_days: float | None = None
+    dagster_ui_url: str = "http://127.0.0.1:3000"
+
+    def thresholds(self) -> Thresholds:
+        max_age = timedelta(days=self.max_age_days) if self.max_age_days is not None else None
+        return Thresholds(stale_fraction_warn=self.stale_fraction_warn, max_age=max_age)
+
+    def evaluate(self, store: FeatureStore, snapshots: SnapshotStore) -> FreshnessResult:
+        return check_online_store(store, snapshots, self.thresholds(), self.sample_size)
+
+    def asset_url(self, asset: str) -> str:
+        return f"{self.dagster_ui_url.rstrip('/')}/assets/{asset}"
+
+
+class AlertSinkResource(ConfigurableResource):
+    """Delivers alerts; `build_resources` binds one implementation per deployment."""
+
+    def send(self, alert: Alert) -> Delivery:
+        raise NotImplementedError
+
+
+class JsonlAlertSink(AlertSinkResource):
+    """Appends each alert as a JSON line: the local default, and easy to tail or ship."""
+
+    path: str
+
+    def send(self, alert: Alert) -> Delivery:
+        append_jsonl(Path(self.path), alert.record())
+        return Delivery(True, 1, self.path)
+
+
+class LogAlertSink(AlertSinkResource):
+    """Writes each alert to the Dagster log (the sensor's log in the UI)."""
+
+    def send(self, alert: Alert) -> Delivery:
+        log = get_dagster_logger()
+        (log.error if alert.state == "failing" else log.info)(alert.text)
+        return Delivery(True, 1, "log")
+
+
+class WebhookAlertSink(AlertSinkResource):
+    """POSTs a Slack-compatible message; an alert it cannot deliver is recorded in `failure_log`."""
+
+    url: str
+    failure_log: str
+    timeout_seconds: float = 5.0
+    retries: int = 3
+    backoff_seconds: float = 1.0
+
+    def send(self, alert: Alert) -> Delivery:
+        delivery = post_json(
+            self.url,
+            slack_payload(alert),
+            timeout=self.timeout_seconds,
+            retries=self.retries,
+            backoff=self.backoff_seconds,
+        )
+        # The URL is a secret (Slack's carries its token): name the webhook, never its URL.
+        error = delivery.error.replace(self.url, "<webhook>") if delivery.error else None
+        if not delivery.delivered:
+            failure = {
+                "event": "delivery_failed",
+                "destination": "webhook",
+                "attempts": delivery.attempts,
+                "error": error,
+                "alert": alert.record(),
+            }
+            append_jsonl(Path(self.failure_log), failure)
+            get_dagster_logger().error(
+                f"alert not delivered to the webhook after {delivery.attempts} attempts "
+                f"({error}); recorded in {self.failure_log}"
+            )
+        return Delivery(delivery.delivered, delivery.attempts, "webhook", error)
