@@ -84,6 +84,24 @@ def _freshness(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _serve(args: argparse.Namespace) -> int:
+    """Serve the churn API with uvicorn; no Dagster is imported on this path."""
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.settings import get_serving_settings
+
+    settings = get_serving_settings()
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.serve_host,
+        port=args.port if args.port is not None else settings.serve_port,
+        access_log=settings.serve_access_log,
+        log_level="info",
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="is the online store as fresh as the newest snapshots? exit 0 yes, 1 no, 2 unknown",
     )
     freshness.set_defaults(run=_freshness)
+
+    serve = commands.add_parser(
+        "serve", help="serve /predict from the Production model and the online store"
+    )
+    serve.add_argument("--host", help="interface to bind (default: $STREAMFLOW_SERVE_HOST)")
+    serve.add_argument("--port", type=int, help="port (default: $STREAMFLOW_SERVE_PORT)")
+    serve.set_defaults(run=_serve)
     return parser
 
 

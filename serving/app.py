@@ -1,0 +1,70 @@
+"""The FastAPI app: lifespan loads model and feature store, a background task keeps them fresh."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from serving.metrics import MetricsMiddleware, ServingMetrics
+from serving.routes import features, health, metrics, model, predict
+from serving.settings import ServingSettings, get_serving_settings
+from serving.state import ServingState
+
+log = logging.getLogger(__name__)
+
+
+async def _poll(state: ServingState) -> None:
+    """Ask the registry every interval; loading runs in a thread, requests keep the old model."""
+    interval = state.settings.reload_interval_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(state.refresh)
+        # Registry and load failures are handled and reported inside; anything else is a bug
+        # that must be seen in the log without ending the polling of a running server.
+        except Exception:
+            log.exception("model refresh failed")
+
+
+def create_app(settings: ServingSettings | None = None) -> FastAPI:
+    """The API over `settings` (by default read from `STREAMFLOW_*` when the app starts)."""
+    app_metrics = ServingMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or get_serving_settings()
+        state = ServingState.create(resolved, app_metrics)
+        # The first load happens before the first request, so a healthy start is ready at once;
+        # a failed one still starts the API, which answers 503 with the reason until a poll works.
+        await asyncio.to_thread(state.refresh)
+        app.state.serving = state
+        reason = state.not_ready_reason
+        if reason:
+            log.warning("starting not ready: %s", reason)
+        poller = None
+        if resolved.reload_interval_seconds > 0:
+            poller = asyncio.create_task(_poll(state), name="streamflow-model-reload")
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+
+    app = FastAPI(
+        title="StreamFlow churn API",
+        summary="Churn predictions from the Production model and the Feast online store.",
+        lifespan=lifespan,
+    )
+    for module in (health, predict, features, model, metrics):
+        app.include_router(module.router)
+    app.add_middleware(MetricsMiddleware, metrics=app_metrics)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,140 @@
+"""Prometheus metrics of the API: requests by route and status, predictions, staleness, reloads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from serving.model import LoadAttempt, LoadedModel, ReloadStatus
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# Sub-millisecond buckets: a prediction takes well under a millisecond, a batch tens of them.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Requests that match no route are counted under one label, so probing URLs cannot grow series.
+UNMATCHED = "unmatched"
+
+
+class ServingMetrics:
+    """One registry per app, so that several apps (tests) never share counters."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        # Labels are route templates (`/features/{user_id}`), never a user id.
+        self.requests = Counter(
+            "streamflow_http_requests",
+            "HTTP requests by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "streamflow_http_request_duration_seconds",
+            "Time from request to the end of the response, by route template and status.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "streamflow_predictions",
+            "Predictions served, by predicted class (1 = churns).",
+            ["prediction"],
+            registry=self.registry,
+        )
+        self.stale = Counter(
+            "streamflow_stale_features",
+            "Users whose features were older than the maximum age: flagged or refused (strict).",
+            ["action"],
+            registry=self.registry,
+        )
+        self.unknown_users = Counter(
+            "streamflow_unknown_users",
+            "Requested users the online store holds no features for.",
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "streamflow_model_version",
+            "Version of the model being served (0 before one is loaded).",
+            registry=self.registry,
+        )
+        self.model_loaded_at = Gauge(
+            "streamflow_model_loaded_timestamp_seconds",
+            "When the served model was loaded (Unix time).",
+            registry=self.registry,
+        )
+        self.reloads = Counter(
+            "streamflow_model_reloads",
+            "Attempts to load a version the model URI pointed at, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.reload_seconds = Histogram(
+            "streamflow_model_reload_duration_seconds",
+            "Time to download, compile and check a model version.",
+            registry=self.registry,
+        )
+        self.reload_failing = Gauge(
+            "streamflow_model_reload_failing",
+            "1 while the version the model URI points at failed to load and an older one serves.",
+            registry=self.registry,
+        )
+        self.registry_up = Gauge(
+            "streamflow_model_registry_up",
+            "1 when the last poll reached the model registry, 0 when it did not.",
+            registry=self.registry,
+        )
+        for outcome in ("loaded", "failed"):
+            self.reloads.labels(outcome)
+        for prediction in ("0", "1"):
+            self.predictions.labels(prediction)
+        for action in ("flagged", "refused"):
+            self.stale.labels(action)
+
+    def model_polled(self, current: LoadedModel | None, status: ReloadStatus) -> None:
+        if current is not None:
+            self.model_version.set(int(current.version))
+            self.model_loaded_at.set(current.loaded_at.timestamp())
+        self.reload_failing.set(1 if status.failed_version is not None else 0)
+        if status.registry_reachable is not None:
+            self.registry_up.set(1 if status.registry_reachable else 0)
+
+    def model_load_attempted(self, attempt: LoadAttempt) -> None:
+        self.reloads.labels("loaded" if attempt.loaded else "failed").inc()
+        self.reload_seconds.observe(attempt.seconds)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by its route template (a plain ASGI middleware:
+    Starlette's BaseHTTPMiddleware would cost more than a prediction)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            # The router leaves the matched route in the scope: its path is the template.
+            route = scope.get("route")
+            labels = (getattr(route, "path", UNMATCHED), scope["method"], str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)

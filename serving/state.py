@@ -1,0 +1,72 @@
+"""What the running API holds: settings, metrics, the feature reader and the model manager."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from mlflow.tracking import MlflowClient
+
+from serving.features import OnlineFeatureReader
+from serving.metrics import ServingMetrics
+from serving.model import ModelManager, ModelUri, describe
+from serving.settings import ServingSettings
+from streamflow_assets.core.feature_store import open_store
+
+log = logging.getLogger(__name__)
+
+# A user id no store holds: reading it opens the online store's connection and tables.
+_PROBE_USER = "streamflow-readiness-probe"
+
+
+@dataclass
+class ServingState:
+    """Loaded in `lifespan`, refreshed by the background poll, read by every request."""
+
+    settings: ServingSettings
+    metrics: ServingMetrics
+    models: ModelManager
+    features: OnlineFeatureReader | None = None
+    features_error: str | None = "feature store not opened yet"
+
+    @classmethod
+    def create(cls, settings: ServingSettings, metrics: ServingMetrics) -> ServingState:
+        # MLflow's HTTP client reads its retry policy from the environment; without a bound a
+        # poll of a stopped tracking server retries with backoff for minutes.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.registry_retries))
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.registry_timeout_seconds))
+        client = MlflowClient(
+            tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri
+        )
+        return cls(settings, metrics, ModelManager(ModelUri.parse(settings.model_uri), client))
+
+    def open_features(self) -> None:
+        try:
+            reader = OnlineFeatureReader(open_store(self.settings))
+            reader.read([_PROBE_USER])
+        # Whatever keeps the store from opening (no registry yet, no online tables, a bad yaml)
+        # must not keep the API from starting: /ready reports it and the next poll retries.
+        except Exception as error:
+            log.exception("feature store not available")
+            self.features_error = describe(error)
+            return
+        self.features, self.features_error = reader, None
+
+    def refresh(self) -> None:
+        """Open the feature store if it is not yet, and poll the registry. Blocking."""
+        if self.features is None:
+            self.open_features()
+        attempt = self.models.refresh()
+        if attempt is not None:
+            self.metrics.model_load_attempted(attempt)
+        self.metrics.model_polled(self.models.current, self.models.status)
+
+    @property
+    def not_ready_reason(self) -> str | None:
+        reasons = []
+        if self.models.current is None:
+            reasons.append(f"model not loaded: {self.models.status.last_error or 'loading'}")
+        if self.features is None:
+            reasons.append(f"feature store not available: {self.features_error}")
+        return "; ".join(reasons) or None
