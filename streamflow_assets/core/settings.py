@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     alert_webhook_url: SecretStr | None = None
     alert_webhook_timeout_seconds: float = 5.0
     alert_webhook_retries: int = 3
+    alert_webhook_backoff_seconds: float = 1.0
     dagster_ui_url: str = "http://127.0.0.1:3000"
 
     @property

@@ -64,4 +64,5 @@ def _alert_sink(settings: Settings) -> AlertSinkResource:
         failure_log=str(settings.alerts_path),
         timeout_seconds=settings.alert_webhook_timeout_seconds,
         retries=settings.alert_webhook_retries,
+        backoff_seconds=settings.alert_webhook_backoff_seconds,
     )
