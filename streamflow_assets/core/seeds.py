@@ -169,13 +169,19 @@ def _parse_column(
         bad = ~text.isin(["True", "False", ""])
         parsed = (text == "True").astype("boolean").mask(text == "")
     elif col.kind is Kind.INT:
-        bad = ~text.str.fullmatch(r"-?\d+")
-        parsed = pd.to_numeric(text.where(~bad, "0")).astype(np.int64)
+        # ASCII digits only (\d admits any Unicode digit), and at most 18 so it fits int64.
+        bad = ~text.str.fullmatch(r"-?[0-9]{1,18}")
+        parsed = text.where(~bad, "0").astype(np.int64)
     elif col.kind is Kind.FLOAT:
-        parsed = pd.to_numeric(text, errors="coerce").astype(np.float64)
+        valid = pd.to_numeric(text, errors="coerce").notna() & text.str.strip().eq(text)
+        # pd.to_numeric is not correctly rounded (1 ulp off for some long decimals); numpy's
+        # conversion of the text is, so stored values equal the CSV's to the last bit.
+        parsed = text.where(valid, "nan").astype(np.float64)
         bad = ~np.isfinite(parsed)
     elif col.kind is Kind.DATE:
-        parsed = pd.to_datetime(text, format="%Y-%m-%d", errors="coerce").dt.date
+        # strptime would also take 2022-2-5: insist on the zero-padded form of the contract.
+        shaped = text.str.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+        parsed = pd.to_datetime(text.where(shaped, ""), format="%Y-%m-%d", errors="coerce").dt.date
         bad = parsed.isna()
     else:
         return text, None
@@ -284,7 +290,14 @@ def parse_table(path: Path, table: SeedTable) -> tuple[pd.DataFrame | None, list
     if path.stat().st_size == 0:
         return None, [Problem(file, None, "file is empty")]
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        # Blank lines are read as empty rows and then dropped, so that the index of every row
+        # that remains still gives its line in the file (index + 2) for error messages.
+        raw = pd.read_csv(
+            path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False
+        )
+        raw = raw[~(raw == "").all(axis=1)]
+    except pd.errors.EmptyDataError:
+        return None, [Problem(file, None, "file is empty")]
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         return None, [Problem(file, None, f"not a readable CSV: {error}")]
     expected = table.column_names

@@ -43,7 +43,8 @@ class ParquetSnapshotStore:
     """Local profile: `<root>/<table>/<YYYY-MM-DD>.parquet`, a directory Feast's file source reads.
 
     A month is written in two phases: every table to a hidden temporary file (readers skip names
-    starting with '.'), then each renamed over its partition, which is atomic on POSIX.
+    starting with '.'), then each renamed over its partition (atomic on POSIX), the files it
+    replaces kept aside until every rename succeeded, so that a failure puts them all back.
     """
 
     def __init__(self, root: Path):
@@ -81,8 +82,26 @@ class ParquetSnapshotStore:
         return staged
 
     def _commit(self, staged: list[tuple[Path, Path]]) -> None:
-        for temp, final in staged:
-            os.replace(temp, final)
+        """Rename every staged file over its partition; on a failure, put the old files back."""
+        done: list[tuple[Path, Path | None]] = []
+        try:
+            for temp, final in staged:
+                backup = None
+                if final.exists():
+                    backup = final.with_name(f".{final.name}.{uuid.uuid4().hex}.bak")
+                    os.replace(final, backup)
+                done.append((final, backup))
+                os.replace(temp, final)
+        except BaseException:
+            for final, backup in reversed(done):
+                if backup is None:
+                    final.unlink(missing_ok=True)
+                else:
+                    os.replace(backup, final)
+            raise
+        for _, backup in done:
+            if backup is not None:
+                backup.unlink()
 
     def read(self, table: str, as_of: datetime) -> pd.DataFrame:
         path = self.path(table, as_of)
