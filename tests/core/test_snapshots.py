@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from streamflow_assets.core import months
+from streamflow_assets.core import months, snapshots
 from streamflow_assets.core.seeds import read_month
 from streamflow_assets.core.snapshots import AS_OF, ParquetSnapshotStore, with_as_of
 
@@ -148,27 +148,36 @@ def test_a_commit_failure_leaves_every_partition_as_it_was(
     assert_month_equals(store, FEBRUARY, month_frames(1))
 
 
-@pytest.mark.xfail(
-    reason="ParquetSnapshotStore._commit renames table after table: a failure after the 2nd "
-    "rename leaves 2 tables of the month new and 4 old, though write_month promises that a "
-    "failure leaves all as they were",
-    strict=True,
-)
+@pytest.mark.parametrize("month_existed", [True, False], ids=["rewrite", "new-month"])
 def test_a_failure_halfway_through_the_renames_leaves_the_month_as_it_was(
-    store: ParquetSnapshotStore, monkeypatch: pytest.MonkeyPatch
+    store: ParquetSnapshotStore, monkeypatch: pytest.MonkeyPatch, month_existed: bool
 ) -> None:
     store.write_month(JANUARY, month_frames(0))
-    commit = store._commit
+    if month_existed:
+        store.write_month(FEBRUARY, month_frames(1))
+    before = files(store.root)
+    replace = snapshots.os.replace
+    renamed: list[str] = []
 
-    def fail_after_two_renames(staged: list[tuple[Path, Path]]) -> None:
-        commit(staged[:2])
-        raise OSError("injected: the disk failed after two renames")
+    def third_rename_fails(source, target) -> None:
+        # Only the renames of staged files into place count; anything else goes through.
+        if str(source).endswith(".tmp"):
+            if len(renamed) == 2:
+                raise OSError("injected: the disk failed at the third rename")
+            renamed.append(str(target))
+        replace(source, target)
 
-    monkeypatch.setattr(store, "_commit", fail_after_two_renames)
+    monkeypatch.setattr(snapshots.os, "replace", third_rename_fails)
     with pytest.raises(OSError, match="injected"):
-        store.write_month(JANUARY, month_frames(5))
-    assert not [name for name in files(store.root) if Path(name).name.startswith(".")]
+        store.write_month(FEBRUARY, month_frames(5))
+    monkeypatch.undo()
+    assert len(renamed) == 2, "two tables were in place when the failure came"
+    assert files(store.root) == before, "every partition as before, no temporary or backup left"
     assert_month_equals(store, JANUARY, month_frames(0))
+    if month_existed:
+        assert_month_equals(store, FEBRUARY, month_frames(1))
+    else:
+        assert all(store.row_count(table, FEBRUARY) is None for table in month_frames())
 
 
 def test_a_staging_failure_on_the_third_table_leaves_everything_unchanged(
