@@ -1,10 +1,10 @@
 """Run the monthly pipeline for a list of months, in order, recorded in the Dagster instance."""
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import mlflow
-from dagster import DagsterInstance, Definitions
+from dagster import AssetKey, DagsterInstance, Definitions
 
 from streamflow_assets.jobs import monthly_pipeline
 
@@ -44,20 +44,23 @@ def _first_error(result) -> str | None:
     return None if result.success else "run failed (see the Dagster UI)"
 
 
-def run_month(defs: Definitions, instance: DagsterInstance, partition: str) -> MonthOutcome:
+def run_month(
+    defs: Definitions,
+    instance: DagsterInstance,
+    partition: str,
+    assets: Sequence[str] | None = None,
+) -> MonthOutcome:
+    """Run the monthly pipeline for one month: every asset, or just `assets` (and their checks)."""
     job = defs.resolve_job_def(monthly_pipeline.name)
     started = time.perf_counter()
     result = job.execute_in_process(
         partition_key=partition,
         instance=instance,
+        asset_selection=[AssetKey(name) for name in assets] if assets else None,
         raise_on_error=False,
         # The one-line summary is the console output; every event stays in the instance and UI.
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
     )
-    # dagster-mlflow's hook closes the run's MLflow run after its last step; when that step was
-    # skipped (a blocking check failed) the run stays active and the next month would log into it.
-    if mlflow.active_run() is not None:
-        mlflow.end_run(status="FAILED" if not result.success else "FINISHED")
     evaluations = [
         event.asset_check_evaluation_data
         for event in result.all_events
@@ -79,6 +82,7 @@ def run_months(
     partitions: list[str],
     defs: Definitions | None = None,
     instance: DagsterInstance | None = None,
+    assets: Sequence[str] | None = None,
 ) -> list[MonthOutcome]:
     """Materialize each month in order; keep going past a failed month so every error shows.
 
@@ -87,6 +91,6 @@ def run_months(
     if defs is None:
         from streamflow_assets.definitions import defs
     if instance is not None:
-        return [run_month(defs, instance, partition) for partition in sorted(partitions)]
+        return [run_month(defs, instance, key, assets) for key in sorted(partitions)]
     with DagsterInstance.get() as instance:
-        return [run_month(defs, instance, partition) for partition in sorted(partitions)]
+        return [run_month(defs, instance, key, assets) for key in sorted(partitions)]

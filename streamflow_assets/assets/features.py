@@ -21,6 +21,7 @@ from streamflow_assets.core.features import (
     FEATURE_VIEWS,
     JOIN_KEY,
     LABEL,
+    snapshot_mismatches,
 )
 from streamflow_assets.freshness import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
@@ -175,16 +176,8 @@ def training_features_point_in_time(
     # so the check compares with the month's snapshots: a user present at as_of must carry
     # exactly those values; a later snapshot's values (leakage) or an earlier one's would differ.
     as_of, tables, dataset = _read_training(context, snapshots)
-    mismatched: dict[str, int] = {}
-    for view in FEATURE_VIEWS:
-        names = [f.name for f in view.features]
-        snapshot = tables.read(view.source_table, as_of)[[JOIN_KEY, *names]]
-        both = dataset[[JOIN_KEY, *names]].merge(snapshot, on=JOIN_KEY, suffixes=("", "_snap"))
-        for name in names:
-            ours, theirs = both[name], both[f"{name}_snap"]
-            differs = ~((ours == theirs).fillna(False) | (ours.isna() & theirs.isna()))
-            if int(differs.sum()):
-                mismatched[name] = int(differs.sum())
+    frames = {table: tables.read(table, as_of) for table in _FEATURE_TABLES}
+    mismatched = snapshot_mismatches(dataset, frames)
     return AssetCheckResult(
         passed=not mismatched,
         metadata={"as_of": as_of.date().isoformat(), "mismatched_values": mismatched},

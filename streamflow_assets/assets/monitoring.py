@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from dagster import (
     AssetCheckExecutionContext,
@@ -9,14 +10,21 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetSelection,
+    DagsterRun,
+    DagsterRunStatus,
     DefaultScheduleStatus,
     DefaultSensorStatus,
     MetadataValue,
+    RunRequest,
+    RunsFilter,
     ScheduleDefinition,
+    ScheduleEvaluationContext,
     SensorEvaluationContext,
     SensorResult,
+    SkipReason,
     asset_check,
     define_asset_job,
+    schedule,
     sensor,
 )
 from dagster._core.storage.asset_check_execution_record import (
@@ -28,6 +36,7 @@ from streamflow_assets.assets.features import online_features
 from streamflow_assets.core.alerts import Alert
 from streamflow_assets.core.freshness import FreshnessResult, FreshnessStatus
 from streamflow_assets.core.settings import Settings
+from streamflow_assets.jobs import monthly_pipeline
 from streamflow_assets.resources import (
     AlertSinkResource,
     FeatureStoreResource,
@@ -94,13 +103,40 @@ freshness_checks_job = define_asset_job(
 )
 
 
+# Between a month's snapshots and its online rows, a run makes the store look stale for a while
+# (minutes at 10 million users); a scheduled check waits for such a run, unless it has been
+# going longer than this, which is a stuck run and must not silence the check for good.
+WRITING_GRACE = timedelta(hours=1)
+
+
+def _writing_run(context: ScheduleEvaluationContext) -> DagsterRun | None:
+    """A run started within the grace period that writes the online store, if any."""
+    runs = context.instance.get_runs(
+        filters=RunsFilter(
+            statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED],
+            created_after=datetime.now(UTC) - WRITING_GRACE,
+        )
+    )
+    for run in runs:
+        writes_online = (
+            online_features.key in run.asset_selection
+            if run.asset_selection
+            # A run without an asset selection runs its whole job.
+            else run.job_name == monthly_pipeline.name
+        )
+        if writes_online:
+            return run
+    return None
+
+
 def build_freshness_schedule(settings: Settings) -> ScheduleDefinition:
     """Runs the freshness checks on `STREAMFLOW_FRESHNESS_SCHEDULE_CRON` (UTC, default hourly).
 
     A check attached to an asset otherwise runs only when the asset materializes, which is
     exactly when the store is fresh; a store that falls behind needs an outside clock.
     """
-    return ScheduleDefinition(
+
+    @schedule(
         name="freshness_checks_schedule",
         job=freshness_checks_job,
         cron_schedule=settings.freshness_schedule_cron,
@@ -108,6 +144,16 @@ def build_freshness_schedule(settings: Settings) -> ScheduleDefinition:
         default_status=DefaultScheduleStatus.RUNNING,
         description="Checks the online store's freshness even when nothing materializes.",
     )
+    def _schedule(context: ScheduleEvaluationContext):
+        run = _writing_run(context)
+        if run is not None:
+            return SkipReason(
+                f"run {run.run_id[:8]} ({run.job_name}) is writing the online store; "
+                "its own check judges it when done"
+            )
+        return RunRequest()
+
+    return _schedule
 
 
 @dataclass(frozen=True)

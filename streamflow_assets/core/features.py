@@ -128,3 +128,25 @@ def model_inputs(raw: Mapping[str, Sequence[Any]]) -> dict[str, np.ndarray]:
 def to_model_frame(raw: pd.DataFrame | Mapping[str, Sequence[Any]]) -> pd.DataFrame:
     """`model_inputs` as the DataFrame that the scikit-learn Pipeline is trained on."""
     return pd.DataFrame(model_inputs(raw))
+
+
+def snapshot_mismatches(
+    dataset: pd.DataFrame, snapshots: Mapping[str, pd.DataFrame]
+) -> dict[str, int]:
+    """Per feature, the rows of a training set whose value differs from the same month's snapshot.
+
+    A point-in-time join at a month's as_of must return that month's snapshot for every user it
+    holds: a later month's value would be leakage, an earlier month's a stale join. Users absent
+    from the month's snapshot are not compared (an older snapshot within the TTL may serve them).
+    """
+    mismatched: dict[str, int] = {}
+    for view in FEATURE_VIEWS:
+        names = [f.name for f in view.features]
+        snapshot = snapshots[view.source_table][[JOIN_KEY, *names]]
+        both = dataset[[JOIN_KEY, *names]].merge(snapshot, on=JOIN_KEY, suffixes=("", "_snap"))
+        for name in names:
+            ours, theirs = both[name], both[f"{name}_snap"]
+            same = (ours == theirs).fillna(False).astype(bool) | (ours.isna() & theirs.isna())
+            if count := int((~same).sum()):
+                mismatched[name] = count
+    return mismatched

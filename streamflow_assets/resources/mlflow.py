@@ -26,7 +26,8 @@ class MlflowTracking(ConfigurableResource):
     per Dagster run, found again by the `dagster_run_id` tag from every step; the
     `end_mlflow_on_run_finished` hook closes it), but it would create the experiment on first
     use with MLflow's default artifact root, `./mlruns` of whatever directory the process runs
-    in. This wrapper creates the experiment first, with the data dir's artifact location.
+    in. This wrapper creates the experiment first, with the data dir's artifact location, and
+    closes a run that the hook left open.
     """
 
     tracking_uri: str
@@ -44,6 +45,10 @@ class MlflowTracking(ConfigurableResource):
         legacy = contextmanager(mlflow_tracking.resource_fn)
         with legacy(context.replace_config(config)) as tracking:
             yield tracking
+        # The end_mlflow_on_run_finished hook closes the run only after the job's last step;
+        # when churn_model is not last, the run is closed as its step's resources are released.
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
 
 
 class ModelRegistryResource(ConfigurableResource):
