@@ -1,7 +1,13 @@
-"""FastAPI dependencies: the app's state, and the model and feature reader a route needs."""
+"""FastAPI dependencies: the app's state, and the model and feature reader a route needs.
+
+They are `async def` and take the request rather than each other: FastAPI runs a plain `def`
+dependency in its thread pool, and resolves every nested one on every request, both of which
+cost more than a prediction's own work.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -11,14 +17,11 @@ from serving.model import LoadedModel
 from serving.state import ServingState
 
 
-def get_state(request: Request) -> ServingState:
+async def get_state(request: Request) -> ServingState:
     return request.app.state.serving
 
 
-State = Annotated[ServingState, Depends(get_state)]
-
-
-def get_model(state: State) -> LoadedModel:
+def _model(state: ServingState) -> LoadedModel:
     # Read once: a reload swapping the model mid-request must not change what this request uses.
     model = state.models.current
     if model is None:
@@ -29,7 +32,7 @@ def get_model(state: State) -> LoadedModel:
     return model
 
 
-def get_features(state: State) -> OnlineFeatureReader:
+def _features(state: ServingState) -> OnlineFeatureReader:
     if state.features is None:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -38,5 +41,29 @@ def get_features(state: State) -> OnlineFeatureReader:
     return state.features
 
 
+async def get_model(request: Request) -> LoadedModel:
+    return _model(request.app.state.serving)
+
+
+async def get_features(request: Request) -> OnlineFeatureReader:
+    return _features(request.app.state.serving)
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What a prediction needs, resolved as one dependency: state, the model, the reader."""
+
+    state: ServingState
+    model: LoadedModel
+    reader: OnlineFeatureReader
+
+
+async def get_scoring(request: Request) -> Scoring:
+    state = request.app.state.serving
+    return Scoring(state, _model(state), _features(state))
+
+
+State = Annotated[ServingState, Depends(get_state)]
 Model = Annotated[LoadedModel, Depends(get_model)]
 Features = Annotated[OnlineFeatureReader, Depends(get_features)]
+Scorer = Annotated[Scoring, Depends(get_scoring)]

@@ -91,10 +91,22 @@ class ServingMetrics:
         )
         for outcome in ("loaded", "failed"):
             self.reloads.labels(outcome)
-        for prediction in ("0", "1"):
-            self.predictions.labels(prediction)
         for action in ("flagged", "refused"):
             self.stale.labels(action)
+        # Label lookups take a lock and hash the labels: resolve the hot ones once.
+        self.predicted = {
+            prediction: self.predictions.labels(str(prediction)) for prediction in (0, 1)
+        }
+        self._by_request: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+    def request_done(self, route: str, method: str, status: str, seconds: float) -> None:
+        key = (route, method, status)
+        series = self._by_request.get(key)
+        if series is None:
+            series = (self.requests.labels(*key), self.latency.labels(*key))
+            self._by_request[key] = series
+        series[0].inc()
+        series[1].observe(seconds)
 
     def model_polled(self, current: LoadedModel | None, status: ReloadStatus) -> None:
         if current is not None:
@@ -135,6 +147,9 @@ class MetricsMiddleware:
         finally:
             # The router leaves the matched route in the scope: its path is the template.
             route = scope.get("route")
-            labels = (getattr(route, "path", UNMATCHED), scope["method"], str(status))
-            self.metrics.requests.labels(*labels).inc()
-            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+            self.metrics.request_done(
+                getattr(route, "path", UNMATCHED),
+                scope["method"],
+                str(status),
+                time.perf_counter() - started,
+            )
