@@ -1,0 +1,181 @@
+"""The model on the real seeds: training quality, lineage, the Production gate, backfills."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from dagster import AssetKey, DagsterInstance
+from mlflow.tracking import MlflowClient
+
+from streamflow_assets.core import months
+from streamflow_assets.core.compiled import ONNX_FILE, CompiledModel
+from streamflow_assets.core.features import LABEL, to_model_frame
+from streamflow_assets.core.registry import MODEL_NAME, PRODUCTION_ALIAS, PRODUCTION_STAGE
+from streamflow_assets.core.settings import Settings, get_settings
+from streamflow_assets.core.snapshots import ParquetSnapshotStore
+from streamflow_assets.pipeline import MonthOutcome
+
+LINEAGE_TAGS = {"partition", "as_of", "dataset_hash", "feature_service", "dagster_run_id"}
+
+
+@dataclass(frozen=True)
+class Built:
+    settings: Settings
+    instance: DagsterInstance
+    outcomes: list[MonthOutcome]
+    cwd: Path
+    client: MlflowClient
+
+
+@pytest.fixture(scope="module")
+def built(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
+    """The whole pipeline for 2024-01 then 2024-02, run from an unrelated working directory."""
+    from dagster import instance_for_test
+
+    from streamflow_assets.definitions import build_definitions
+    from streamflow_assets.pipeline import run_months
+
+    data_dir = tmp_path_factory.mktemp("model")
+    cwd = tmp_path_factory.mktemp("cwd")
+    with pytest.MonkeyPatch.context() as env, instance_for_test() as instance:
+        for name in [n for n in os.environ if n.startswith("STREAMFLOW_")]:
+            env.delenv(name)
+        env.setenv("STREAMFLOW_DATA_DIR", str(data_dir))
+        env.setenv("STREAMFLOW_SEEDS_DIR", str(real_seeds))
+        env.chdir(cwd)
+        get_settings.cache_clear()
+        settings = get_settings()
+        outcomes = run_months(
+            ["2024-01", "2024-02"], defs=build_definitions(settings), instance=instance
+        )
+        assert all(o.success for o in outcomes), [o.error for o in outcomes]
+        yield Built(settings, instance, outcomes, cwd, MlflowClient(settings.tracking_uri))
+    get_settings.cache_clear()
+
+
+def versions(client: MlflowClient) -> list:
+    found = client.search_model_versions(f"name = '{MODEL_NAME}'")
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def production_state(client: MlflowClient) -> tuple[list[str], str]:
+    staged = [v.version for v in versions(client) if v.current_stage == PRODUCTION_STAGE]
+    alias = client.get_model_version_by_alias(MODEL_NAME, PRODUCTION_ALIAS).version
+    return staged, alias
+
+
+def metadata(instance: DagsterInstance, asset: str, partition: str) -> dict[str, object]:
+    from dagster import AssetRecordsFilter
+
+    (record,) = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+
+
+def test_january_reaches_the_original_stacks_quality(built: Built) -> None:
+    january = metadata(built.instance, "churn_model", "2024-01")
+    assert january["val_auc"] >= 0.82
+    for name in ("val_f1", "val_acc", "val_precision", "val_recall", "train_time_s"):
+        assert name in january
+    assert str(january["model_uri"]).startswith(f"models:/{MODEL_NAME}/")
+    assert "data:image/png;base64," in str(january["roc_curve"])
+
+
+def test_every_version_carries_its_lineage(built: Built) -> None:
+    found = versions(built.client)
+    assert [v.tags["partition"] for v in found] == ["2024-01", "2024-02"]
+    for version in found:
+        assert set(version.tags) >= LINEAGE_TAGS, version.tags
+        assert version.tags["feature_service"] == "churn_model_v1"
+        assert version.tags["as_of"] == months.as_of_date(version.tags["partition"]).isoformat()
+        assert version.tags["promotion_decision"] in {"promoted", "kept_out"}
+        assert version.tags["promotion_reason"]
+        run = built.client.get_run(version.run_id)
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["dagster_run_id"] == version.tags["dagster_run_id"]
+        artifacts = {a.path for a in built.client.list_artifacts(version.run_id)}
+        assert {"feature_schema.json", "plots"} <= artifacts
+
+
+def test_artifacts_live_under_the_data_dir_not_the_working_dir(built: Built) -> None:
+    assert not (built.cwd / "mlruns").exists()
+    for version in versions(built.client):
+        uri = built.client.get_run(version.run_id).info.artifact_uri
+        assert uri.startswith((built.settings.data_dir / "mlflow").as_uri()), uri
+
+
+def test_exactly_one_version_serves_with_stage_and_alias(built: Built) -> None:
+    staged, alias = production_state(built.client)
+    assert len(staged) == 1
+    assert staged == [alias]
+
+
+def test_the_production_model_loads_and_predicts(built: Built) -> None:
+    mlflow.set_tracking_uri(built.settings.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{PRODUCTION_STAGE}")
+    store = ParquetSnapshotStore(built.settings.snapshots_dir)
+    dataset = store.read("training_dataset", months.as_of("2024-02")).head(50)
+    probability = np.asarray(model.predict(to_model_frame(dataset)))
+    assert probability.shape == (50, 2)
+    np.testing.assert_allclose(probability.sum(axis=1), 1.0)
+
+
+def test_the_served_onnx_twin_predicts_like_the_pipeline(built: Built, tmp_path: Path) -> None:
+    mlflow.set_tracking_uri(built.settings.tracking_uri)
+    uri = f"models:/{MODEL_NAME}/{PRODUCTION_STAGE}"
+    directory = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp_path))
+    compiled = CompiledModel((directory / "extra_files" / ONNX_FILE).read_bytes())
+    store = ParquetSnapshotStore(built.settings.snapshots_dir)
+    frame = to_model_frame(store.read("training_dataset", months.as_of("2024-02")))
+    expected = np.asarray(mlflow.pyfunc.load_model(uri).predict(frame))[:, 1]
+    np.testing.assert_allclose(compiled.predict_proba(frame), expected, atol=1e-5)
+
+
+def test_a_backfill_of_an_older_month_changes_nothing_in_production(built: Built) -> None:
+    from streamflow_assets.definitions import build_definitions
+    from streamflow_assets.pipeline import run_months
+
+    before = production_state(built.client)
+    (outcome,) = run_months(
+        ["2024-01"], defs=build_definitions(built.settings), instance=built.instance
+    )
+    assert outcome.success, outcome.error
+    assert production_state(built.client) == before
+    newest = versions(built.client)[-1]
+    assert newest.tags["partition"] == "2024-01"
+    assert newest.tags["promotion_decision"] == "kept_out"
+    assert "older" in newest.tags["promotion_reason"]
+    decision = metadata(built.instance, "production_model", "2024-01")
+    assert decision["decision"] == "kept out"
+    assert decision["production_version"] == before[1]
+
+
+def test_hyperparameters_are_overridable_at_launch(built: Built) -> None:
+    from streamflow_assets.definitions import build_definitions
+
+    job = build_definitions(built.settings).resolve_job_def("monthly_pipeline")
+    result = job.execute_in_process(
+        partition_key="2024-02",
+        instance=built.instance,
+        asset_selection=[AssetKey("churn_model")],
+        run_config={"ops": {"churn_model": {"config": {"n_estimators": 25}}}},
+    )
+    assert result.success
+    newest = versions(built.client)[-1]
+    assert built.client.get_run(newest.run_id).data.params["n_estimators"] == "25"
+
+
+def test_the_month_labels_are_what_the_model_was_scored_on(built: Built) -> None:
+    store = ParquetSnapshotStore(built.settings.snapshots_dir)
+    dataset = store.read("training_dataset", months.as_of("2024-01"))
+    labels = store.read("labels_snapshots", months.as_of("2024-01"))
+    merged = dataset[["user_id", LABEL]].merge(labels[["user_id", LABEL]], on="user_id")
+    assert len(merged) == 7043
+    assert (merged[f"{LABEL}_x"] == merged[f"{LABEL}_y"]).all()
