@@ -67,15 +67,39 @@ def dagster_instance(tmp_path: Path) -> Iterator[DagsterInstance]:
 @pytest.fixture
 def materialize(
     dagster_instance: DagsterInstance,
-) -> Callable[[Settings, Sequence[str]], list[MonthOutcome]]:
-    """`materialize(settings, months)`: real Dagster runs of the monthly pipeline."""
+) -> Callable[..., list[MonthOutcome]]:
+    """`materialize(settings, months, group=None)`: real Dagster runs of the monthly pipeline.
+
+    Runs `run_months` on `build_definitions(settings)` in `dagster_instance`. With `group`, the
+    monthly job is narrowed to that asset group (and the checks of its assets), so a test of
+    ingestion does not also train a model; the assets, checks and resources are the same.
+    """
     from streamflow_assets.definitions import build_definitions
     from streamflow_assets.pipeline import run_months
 
-    def run(settings: Settings, months: Sequence[str]) -> list[MonthOutcome]:
-        return run_months(list(months), defs=build_definitions(settings), instance=dagster_instance)
+    def run(
+        settings: Settings, months: Sequence[str], group: str | None = None
+    ) -> list[MonthOutcome]:
+        defs = build_definitions(settings)
+        if group is not None:
+            defs = _only_group(defs, group)
+        return run_months(list(months), defs=defs, instance=dagster_instance)
 
     return run
+
+
+def _only_group(defs, group: str):
+    from dagster import AssetSelection, Definitions, define_asset_job
+
+    from streamflow_assets.jobs import monthly_pipeline
+
+    job = define_asset_job(monthly_pipeline.name, selection=AssetSelection.groups(group))
+    return Definitions(
+        assets=defs.assets,
+        asset_checks=defs.asset_checks,
+        jobs=[job],
+        resources=defs.resources,
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""The `streamflow pipeline` command, run as a real process against the real seeds."""
+"""The `streamflow pipeline` command, run as a real process against the real seeds.
+
+Every month runs the whole monthly job (features, training, promotion), hence `slow`.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ def both_months(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory):
     return data_dir, result
 
 
+@pytest.mark.slow
 def test_pipeline_runs_both_months_and_prints_one_line_each(both_months) -> None:
     _, result = both_months
     assert result.returncode == 0, result.stdout + result.stderr
@@ -63,6 +67,7 @@ def test_pipeline_runs_both_months_and_prints_one_line_each(both_months) -> None
     assert [(m[1], m[2]) for m in lines] == [("2024-01", "ok"), ("2024-02", "ok")], result.stdout
 
 
+@pytest.mark.slow
 def test_pipeline_records_its_runs_in_the_data_dirs_instance(both_months) -> None:
     data_dir, result = both_months
     assert (data_dir / "dagster" / "dagster.yaml").is_file()
@@ -73,6 +78,7 @@ def test_pipeline_records_its_runs_in_the_data_dirs_instance(both_months) -> Non
     assert printed == {run.run_id[:8] for run in runs}
 
 
+@pytest.mark.slow
 def test_pipeline_stores_both_months_under_the_data_dir(both_months) -> None:
     data_dir, _ = both_months
     store = ParquetSnapshotStore(data_dir / "snapshots")
@@ -81,34 +87,46 @@ def test_pipeline_stores_both_months_under_the_data_dir(both_months) -> None:
         assert store.row_count(table.snapshot, months.as_of("2024-02")) == 7043
 
 
-def test_a_missing_month_fails_naming_the_folder(real_seeds: Path, tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+@pytest.fixture(scope="module")
+def second_dir(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Another data dir, given February (seeded) and March (not seeded)."""
+    data_dir = tmp_path_factory.mktemp("cli") / "data"
     result = streamflow(
-        "pipeline", "--seeds", str(real_seeds), "--partitions", "2024-03", data_dir=data_dir
+        "pipeline",
+        "--seeds",
+        str(real_seeds),
+        "--partitions",
+        "2024-02..2024-03",
+        data_dir=data_dir,
     )
-    assert result.returncode != 0
+    return data_dir, result
+
+
+@pytest.mark.slow
+def test_a_missing_month_fails_naming_the_folder(second_dir, real_seeds: Path) -> None:
+    data_dir, result = second_dir
+    assert result.returncode == 1, result.stdout + result.stderr
     assert str(real_seeds / "month_002") in result.stderr
-    assert [(m[1], m[2]) for m in summaries(result.stdout)] == [("2024-03", "FAILED")]
-    (run,) = recorded_runs(data_dir)
-    assert run.status == DagsterRunStatus.FAILURE
+    assert [(m[1], m[2]) for m in summaries(result.stdout)] == [
+        ("2024-02", "ok"),
+        ("2024-03", "FAILED"),
+    ], "the months before and after a failed one still run"
+    statuses = {run.tags["dagster/partition"]: run.status for run in recorded_runs(data_dir)}
+    assert statuses == {"2024-02": DagsterRunStatus.SUCCESS, "2024-03": DagsterRunStatus.FAILURE}
 
 
-def test_two_data_dirs_do_not_share_state(both_months, real_seeds: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_two_data_dirs_do_not_share_state(both_months, second_dir) -> None:
     first, _ = both_months
-    before = sorted(run.run_id for run in recorded_runs(first))
-    second = tmp_path / "data"
-    result = streamflow(
-        "pipeline", "--seeds", str(real_seeds), "--partitions", "2024-02", data_dir=second
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    (run,) = recorded_runs(second)
-    assert run.tags["dagster/partition"] == "2024-02"
-    assert sorted(r.run_id for r in recorded_runs(first)) == before
-    assert run.run_id not in before
-    store = ParquetSnapshotStore(second / "snapshots")
-    assert {as_of for t in TABLES for as_of in store.as_ofs(t.snapshot)} == {
-        months.as_of("2024-02")
-    }
+    second, _ = second_dir
+    first_runs = {run.run_id for run in recorded_runs(first)}
+    second_runs = {run.run_id for run in recorded_runs(second)}
+    assert len(first_runs) == len(second_runs) == 2
+    assert not first_runs & second_runs
+    for data_dir, stored in ((first, ["2024-01", "2024-02"]), (second, ["2024-02"])):
+        store = ParquetSnapshotStore(data_dir / "snapshots")
+        for table in TABLES:
+            assert store.as_ofs(table.snapshot) == [months.as_of(key) for key in stored]
 
 
 def test_an_empty_seeds_dir_exits_2_naming_it(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -101,14 +102,20 @@ def requested(result) -> list[RunRequest]:
 
 
 @pytest.fixture
+def ingest(materialize) -> Callable[[Settings, list[str]], list]:
+    """Real Dagster runs of the monthly job narrowed to the ingestion group and its checks."""
+    return lambda settings, keys: materialize(settings, keys, group="ingestion")
+
+
+@pytest.fixture
 def real_settings(settings_for, tmp_path: Path, real_seeds: Path) -> Settings:
     return settings_for(tmp_path / "data", real_seeds)
 
 
 def test_both_real_months_materialize_through_dagster(
-    real_settings: Settings, materialize, dagster_instance: DagsterInstance
+    real_settings: Settings, ingest, dagster_instance: DagsterInstance
 ) -> None:
-    outcomes = materialize(real_settings, ["2024-02", "2024-01"])
+    outcomes = ingest(real_settings, ["2024-02", "2024-01"])
     assert [(o.partition, o.success, o.error) for o in outcomes] == [
         ("2024-01", True, None),
         ("2024-02", True, None),
@@ -133,9 +140,9 @@ def test_both_real_months_materialize_through_dagster(
 
 
 def test_every_check_of_the_real_months_passes(
-    real_settings: Settings, materialize, dagster_instance: DagsterInstance
+    real_settings: Settings, ingest, dagster_instance: DagsterInstance
 ) -> None:
-    for outcome in materialize(real_settings, ["2024-01", "2024-02"]):
+    for outcome in ingest(real_settings, ["2024-01", "2024-02"]):
         evaluations = check_evaluations(dagster_instance, outcome.run_id)
         assert set(evaluations) == {
             (t.snapshot, name) for t in TABLES for name in ("contract", "row_count_change")
@@ -151,9 +158,9 @@ def test_every_check_of_the_real_months_passes(
 
 @pytest.mark.parametrize(("key", "month"), [("2024-01", "month_000"), ("2024-02", "month_001")])
 def test_stored_values_of_7590_vhveg_equal_the_csv(
-    real_settings: Settings, real_seeds: Path, materialize, key: str, month: str
+    real_settings: Settings, real_seeds: Path, ingest, key: str, month: str
 ) -> None:
-    (outcome,) = materialize(real_settings, [key])
+    (outcome,) = ingest(real_settings, [key])
     assert outcome.success, outcome.error
     stored = stored_month(real_settings, key)
     for table in TABLES:
@@ -171,9 +178,9 @@ def test_stored_values_of_7590_vhveg_equal_the_csv(
 
 
 def test_stored_stream_flags_stay_null_for_users_without_service(
-    real_settings: Settings, materialize
+    real_settings: Settings, ingest
 ) -> None:
-    (outcome,) = materialize(real_settings, ["2024-01"])
+    (outcome,) = ingest(real_settings, ["2024-01"])
     assert outcome.success, outcome.error
     subscriptions = stored_month(real_settings, "2024-01")["subscriptions_profile_snapshots"]
     no_service = subscriptions["net_service"] == "No"
@@ -183,11 +190,11 @@ def test_stored_stream_flags_stay_null_for_users_without_service(
         assert subscriptions[flag].isna().sum() == 1526
 
 
-def test_rerunning_a_month_gives_identical_data(real_settings: Settings, materialize) -> None:
-    (first,) = materialize(real_settings, ["2024-01"])
+def test_rerunning_a_month_gives_identical_data(real_settings: Settings, ingest) -> None:
+    (first,) = ingest(real_settings, ["2024-01"])
     before = stored_month(real_settings, "2024-01")
     names = set(stored_files(real_settings))
-    (second,) = materialize(real_settings, ["2024-01"])
+    (second,) = ingest(real_settings, ["2024-01"])
     assert first.success and second.success, (first.error, second.error)
     assert first.run_id != second.run_id
     assert set(stored_files(real_settings)) == names
@@ -197,7 +204,7 @@ def test_rerunning_a_month_gives_identical_data(real_settings: Settings, materia
 
 
 def test_a_corrupted_month_fails_naming_file_and_column_and_writes_nothing(
-    settings_for, tmp_path: Path, copy_seeds, edit_csv, materialize, dagster_instance
+    settings_for, tmp_path: Path, copy_seeds, edit_csv, ingest, dagster_instance
 ) -> None:
     seeds = copy_seeds("month_000", "month_001")
     cell = edit_csv(
@@ -207,10 +214,10 @@ def test_a_corrupted_month_fails_naming_file_and_column_and_writes_nothing(
         lambda row: row["user_id"] == "9305-CDSKC",
     )
     settings = settings_for(tmp_path / "data", seeds)
-    (good,) = materialize(settings, ["2024-01"])
+    (good,) = ingest(settings, ["2024-01"])
     assert good.success, good.error
     january = stored_files(settings)
-    (bad,) = materialize(settings, ["2024-02"])
+    (bad,) = ingest(settings, ["2024-02"])
     assert not bad.success
     assert "subscriptions.csv" in bad.error
     assert "monthly_fee" in bad.error
@@ -222,21 +229,21 @@ def test_a_corrupted_month_fails_naming_file_and_column_and_writes_nothing(
 
 
 def test_a_corrupted_rerun_keeps_the_month_stored_before(
-    settings_for, tmp_path: Path, copy_seeds, edit_csv, materialize
+    settings_for, tmp_path: Path, copy_seeds, edit_csv, ingest
 ) -> None:
     seeds = copy_seeds("month_000", "month_001")
     settings = settings_for(tmp_path / "data", seeds)
-    assert all(o.success for o in materialize(settings, ["2024-01", "2024-02"]))
+    assert all(o.success for o in ingest(settings, ["2024-01", "2024-02"]))
     before = stored_files(settings)
     edit_csv(seeds / "month_001" / "users.csv", "user_gender", "Unknown")
-    (rerun,) = materialize(settings, ["2024-02"])
+    (rerun,) = ingest(settings, ["2024-02"])
     assert not rerun.success
     assert "users.csv" in rerun.error and "user_gender" in rerun.error
     assert stored_files(settings) == before
 
 
 def test_the_sensor_requests_exactly_the_months_not_yet_ingested(
-    settings_for, tmp_path: Path, copy_seeds, materialize, dagster_instance: DagsterInstance
+    settings_for, tmp_path: Path, copy_seeds, ingest, dagster_instance: DagsterInstance
 ) -> None:
     seeds = copy_seeds("month_000", "month_001")
     (seeds / "notes").mkdir()
@@ -247,23 +254,23 @@ def test_the_sensor_requests_exactly_the_months_not_yet_ingested(
     assert [r.partition_key for r in first] == ["2024-01", "2024-02"]
     assert len({r.run_key for r in first}) == 2
 
-    assert materialize(settings, ["2024-01"])[0].success
+    assert ingest(settings, ["2024-01"])[0].success
     second = requested(evaluate_sensor(settings, dagster_instance))
     assert [r.partition_key for r in second] == ["2024-02"]
 
-    assert materialize(settings, ["2024-02"])[0].success
+    assert ingest(settings, ["2024-02"])[0].success
     assert requested(evaluate_sensor(settings, dagster_instance)) == []
 
 
 def test_the_sensor_requests_a_month_again_after_its_folder_is_fixed(
-    settings_for, tmp_path: Path, copy_seeds, edit_csv, materialize, dagster_instance
+    settings_for, tmp_path: Path, copy_seeds, edit_csv, ingest, dagster_instance
 ) -> None:
     seeds = copy_seeds("month_000")
     path = seeds / "month_000" / "labels.csv"
     edit_csv(path, "churn_label", "maybe")
     settings = settings_for(tmp_path / "data", seeds)
     (before,) = requested(evaluate_sensor(settings, dagster_instance))
-    assert not materialize(settings, ["2024-01"])[0].success
+    assert not ingest(settings, ["2024-01"])[0].success
     (path.parent / "labels.csv").write_text(path.read_text().replace("maybe", "False", 1))
     (after,) = requested(evaluate_sensor(settings, dagster_instance))
     assert after.partition_key == before.partition_key == "2024-01"
@@ -279,7 +286,7 @@ def test_row_count_change_warns_when_a_month_loses_over_20_percent(
     settings_for,
     tmp_path: Path,
     copy_seeds,
-    materialize,
+    ingest,
     dagster_instance: DagsterInstance,
     rows: int,
     warns: bool,
@@ -287,7 +294,7 @@ def test_row_count_change_warns_when_a_month_loses_over_20_percent(
     seeds = copy_seeds("month_000")
     copy_seeds("month_001", rows=rows, into=seeds)
     settings = settings_for(tmp_path / "data", seeds)
-    january, february = materialize(settings, ["2024-01", "2024-02"])
+    january, february = ingest(settings, ["2024-01", "2024-02"])
     assert january.success and february.success, "a warning never fails the run"
     assert not [
         e for e in check_evaluations(dagster_instance, january.run_id).values() if not e.passed
