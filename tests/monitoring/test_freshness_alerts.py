@@ -5,7 +5,14 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-from dagster import AssetCheckSeverity, DagsterInstance, DagsterRunStatus
+from dagster import (
+    AssetCheckSeverity,
+    AssetKey,
+    DagsterInstance,
+    DagsterRunStatus,
+    build_schedule_context,
+)
+from dagster._core.test_utils import create_run_for_test
 
 from streamflow_assets.assets.monitoring import ONLINE_FRESHNESS_KEY
 from streamflow_assets.core import months
@@ -181,6 +188,32 @@ def test_the_schedule_runs_only_the_checks_on_its_cron(
     assert run.status == DagsterRunStatus.SUCCESS
     record = dagster_instance.get_latest_asset_check_evaluation_record(ONLINE_FRESHNESS_KEY)
     assert record.run_id == run.run_id
+
+
+@pytest.mark.parametrize(
+    ("job", "selection", "status", "skips"),
+    [
+        ("monthly_pipeline", None, DagsterRunStatus.STARTED, True),
+        ("__ASSET_JOB", {AssetKey("online_features")}, DagsterRunStatus.STARTING, True),
+        ("monthly_pipeline", {AssetKey("users_snapshots")}, DagsterRunStatus.STARTED, False),
+        ("monthly_pipeline", None, DagsterRunStatus.SUCCESS, False),
+        ("freshness_checks", None, DagsterRunStatus.STARTED, False),
+    ],
+)
+def test_the_schedule_waits_for_a_run_writing_the_online_store(
+    settings_for, tmp_path, dagster_instance, job, selection, status, skips: bool
+) -> None:
+    run = create_run_for_test(
+        dagster_instance, job_name=job, status=status, asset_selection=selection
+    )
+    defs = build_definitions(settings_for(tmp_path / "data", tmp_path / "seeds"))
+    schedule = defs.resolve_schedule_def("freshness_checks_schedule")
+    with build_schedule_context(instance=dagster_instance) as context:
+        result = schedule.evaluate_tick(context)
+    if skips:
+        assert result.run_requests == [] and run.run_id[:8] in result.skip_message
+    else:
+        assert len(result.run_requests) == 1
 
 
 def test_the_default_schedule_is_hourly(settings_for, tmp_path) -> None:
