@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,13 @@ class Settings(BaseSettings):
     # least the floor on the month's online features before promotion is even considered.
     promotion_margin: float = 0.01
     promotion_auc_floor: float = 0.6
+    # The `postgres` profile: snapshot and training tables and Feast's offline store, online
+    # store and registry in one database; MLflow is a tracking server (with its own database).
+    postgres_host: str = "127.0.0.1"
+    postgres_port: int = 5432
+    postgres_user: str = "postgres"
+    postgres_password: SecretStr = SecretStr("")
+    postgres_db: str = "streamflow"
 
     @field_validator("data_dir", "seeds_dir", "feature_repo")
     @classmethod
@@ -89,18 +97,39 @@ class Settings(BaseSettings):
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        if self.profile == "postgres":
+            return "http://127.0.0.1:5000"
+        return f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def postgres_dsn(self) -> str:
+        """libpq connection string of the StreamFlow database (psycopg and SQLAlchemy alike)."""
+        password = quote(self.postgres_password.get_secret_value(), safe="")
+        auth = (
+            f"{quote(self.postgres_user, safe='')}:{password}" if password else self.postgres_user
+        )
+        return f"postgresql://{auth}@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
 
     @property
     def mlflow_artifact_location(self) -> str | None:
         """Where a new experiment keeps its artifacts; None lets a tracking server decide."""
-        if self.mlflow_tracking_uri:
+        if self.mlflow_tracking_uri or self.profile != "local":
             return None
         return (self.data_dir / "mlflow" / "artifacts").as_uri()
 
     def feast_env(self) -> dict[str, str]:
         """The variables `feature_store.yaml` refers to, so the `feast` CLI sees the same stores."""
-        return {"STREAMFLOW_DATA_DIR": str(self.data_dir)}
+        return {
+            "STREAMFLOW_DATA_DIR": str(self.data_dir),
+            "STREAMFLOW_POSTGRES_HOST": self.postgres_host,
+            "STREAMFLOW_POSTGRES_PORT": str(self.postgres_port),
+            "STREAMFLOW_POSTGRES_USER": self.postgres_user,
+            "STREAMFLOW_POSTGRES_PASSWORD": self.postgres_password.get_secret_value(),
+            "STREAMFLOW_POSTGRES_DB": self.postgres_db,
+            "STREAMFLOW_POSTGRES_DSN": self.postgres_dsn,
+        }
 
 
 @lru_cache
