@@ -17,13 +17,19 @@ from streamflow_assets.core.settings import Settings, get_settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+def dagster_yaml(profile: str) -> Path:
+    """The instance file a profile ships: `dagster.yaml` (local) or `dagster.<profile>.yaml`."""
+    return REPO_ROOT / ("dagster.yaml" if profile == "local" else f"dagster.{profile}.yaml")
+
+
 def prepare_dagster_home(settings: Settings) -> Path:
-    """Point DAGSTER_HOME at the data dir's instance (unless set) and give it the dagster.yaml."""
+    """Point DAGSTER_HOME at the data dir's instance (unless set) and give it the profile's
+    dagster.yaml."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))).resolve()
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
     if not target.exists():
-        shutil.copyfile(REPO_ROOT / "dagster.yaml", target)
+        shutil.copyfile(dagster_yaml(settings.profile), target)
     return home
 
 
