@@ -32,7 +32,7 @@ class ServingSettings(Settings):
     reload_interval_seconds: float = Field(default=30.0, ge=0)
     # A poll must not hang on an unreachable tracking server: MLflow's HTTP client would
     # otherwise retry with backoff for minutes.
-    registry_timeout_seconds: float = Field(default=5.0, gt=0)
+    registry_timeout_seconds: int = Field(default=5, ge=1)
     registry_retries: int = Field(default=0, ge=0)
     batch_max_users: int = Field(default=1000, ge=1)
     serve_host: str = "127.0.0.1"

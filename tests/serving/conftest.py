@@ -1,0 +1,140 @@
+"""Serving fixtures: stores built once by the real pipeline, apps and servers over them."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serving.settings import ServingSettings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STREAMFLOW = REPO_ROOT / ".venv" / "bin" / "streamflow"
+LATEST_MONTH = "month_001"
+LATEST_AS_OF = "2024-02-29"
+KNOWN_USER = "7590-VHVEG"
+
+
+class IsolatedSettings(ServingSettings):
+    """Serving settings from keyword arguments only: a developer's STREAMFLOW_* cannot leak in."""
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *sources, **named):
+        return (init_settings,)
+
+
+def serving_settings(data_dir: Path, **overrides: object) -> ServingSettings:
+    """Settings over a pipeline-built data dir; no polling unless a test asks for it."""
+    return IsolatedSettings(data_dir=data_dir, **{"reload_interval_seconds": 0, **overrides})
+
+
+@pytest.fixture(scope="session")
+def pipeline_data_dir(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both real months through `streamflow pipeline`, once per session: snapshots, the Feast
+    registry and online store, and MLflow with v1 (2024-01) and v2 (2024-02, Production)."""
+    data_dir = tmp_path_factory.mktemp("serving") / "data"
+    result = subprocess.run(
+        [str(STREAMFLOW), "pipeline", "--seeds", str(real_seeds)],
+        env={**clean_env(data_dir), "DAGSTER_HOME": str(data_dir / "dagster")},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return data_dir
+
+
+@pytest.fixture
+def data_dir_copy(pipeline_data_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the pipeline's stores for a test that changes the registry. Its versions still
+    read their artifacts from the original data dir, which nobody changes."""
+    copy = tmp_path / "data"
+    shutil.copytree(pipeline_data_dir, copy, ignore=shutil.ignore_patterns("dagster", "snapshots"))
+    return copy
+
+
+def clean_env(data_dir: Path, **settings: object) -> dict[str, str]:
+    """The environment of a child process: no STREAMFLOW_*/DAGSTER_* but the ones given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMFLOW_", "DAGSTER_"))}
+    env["STREAMFLOW_DATA_DIR"] = str(data_dir)
+    env.update({f"STREAMFLOW_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Child:
+    """A process a test started, in its own process group, with its output in a log file."""
+
+    process: subprocess.Popen
+    log: Path
+
+    @classmethod
+    def start(cls, command: list[str], env: dict[str, str], log: Path) -> Child:
+        with open(log, "w") as out:
+            process = subprocess.Popen(
+                command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return cls(process, log)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_for(self, url: str, status: int | None = None, timeout: float = 240) -> None:
+        """Until `url` answers (with `status`, when given), or fail with the child's output."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"{self.process.args} exited with {self.process.returncode}:\n{self.output()}"
+                )
+            try:
+                answer = httpx.get(url, timeout=5)
+                if status is None or answer.status_code == status:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"{url} did not answer within {timeout}s:\n{self.output()}")
+
+    def stop(self) -> None:
+        """Terminate the child's process group (its workers too) and reap it."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def latest_csv_row(seeds: Path, user_id: str) -> dict[str, str]:
+    """Every column of a user's row in the latest month's CSVs (each has one row per user)."""
+    row: dict[str, str] = {}
+    for path in sorted((seeds / LATEST_MONTH).glob("*.csv")):
+        with open(path, newline="") as source:
+            for record in csv.DictReader(source):
+                if record["user_id"] == user_id:
+                    row.update(record)
+                    break
+    return row
+
+
+@pytest.fixture(scope="session")
+def latest_user_ids(real_seeds: Path) -> list[str]:
+    with open(real_seeds / LATEST_MONTH / "users.csv", newline="") as source:
+        return [record["user_id"] for record in csv.DictReader(source)]
