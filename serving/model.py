@@ -91,10 +91,6 @@ class LoadedModel:
     source: str
     loaded_at: datetime
 
-    @property
-    def as_of(self) -> str | None:
-        return self.tags.get("as_of")
-
 
 def load_version(client: MlflowClient, version: ModelVersion) -> LoadedModel:
     """Download a version's ONNX twin only (not the pickled Pipeline) and check it can serve."""
@@ -201,9 +197,10 @@ class ModelManager:
         # Whatever breaks a load (download, a corrupt or foreign model, the registry going away
         # midway) must leave the serving model in place; it is reported on /model and /metrics.
         except Exception as error:
-            log.exception(
-                "loading %s v%s failed, still serving the loaded model", target.name, target.version
-            )
+            if self.status.failed_version == str(target.version):
+                log.warning("v%s still fails to load: %s", target.version, describe(error))
+            else:
+                log.exception("loading v%s failed, still serving the loaded model", target.version)
             self._set(
                 registry_reachable=True,
                 last_poll_at=now,

@@ -94,7 +94,7 @@ def _serve(args: argparse.Namespace) -> int:
     """Serve the churn API with uvicorn; no Dagster is imported on this path."""
     import uvicorn
 
-    from serving.app import create_app
+    from serving.app import create_app, log_config
     from serving.settings import get_serving_settings
 
     settings = get_serving_settings()
@@ -103,7 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host or settings.serve_host,
         port=args.port if args.port is not None else settings.serve_port,
         access_log=settings.serve_access_log,
-        log_level="info",
+        log_config=log_config(),
     )
     return 0
 
