@@ -8,7 +8,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from streamflow_assets.core import months
@@ -147,9 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The console shows one line per step of work; library deprecation notices and progress
     # bars would bury it (Dagster keeps every event of a run for the UI).
-    warnings.simplefilter("ignore")
+    # Libraries add warning filters of their own on import, so warnings are routed to a logger
+    # that stays quiet rather than filtered; MLflow sets its log level from the environment.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
         return args.run(args)
     except ValueError as error:

@@ -22,6 +22,7 @@ from streamflow_assets.core.features import (
     JOIN_KEY,
     LABEL,
     snapshot_mismatches,
+    with_stored_dtypes,
 )
 from streamflow_assets.freshness import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
@@ -126,7 +127,9 @@ def training_dataset(
     joined = store.get_historical_features(
         entity_df=entities, features=store.get_feature_service(FEATURE_SERVICE)
     ).to_df()
-    dataset = joined[[JOIN_KEY, *FEATURE_NAMES, LABEL]].sort_values(JOIN_KEY, ignore_index=True)
+    dataset = with_stored_dtypes(
+        joined[[JOIN_KEY, *FEATURE_NAMES, LABEL]].sort_values(JOIN_KEY, ignore_index=True)
+    )
     tables.write_month(as_of, {TRAINING_TABLE: dataset})
     nulls = dataset[FEATURE_NAMES].isna().sum()
     return MaterializeResult(

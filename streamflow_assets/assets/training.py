@@ -2,6 +2,7 @@
 
 import base64
 import tempfile
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,12 @@ from streamflow_assets.resources import (
     ModelRegistryResource,
     SnapshotsResource,
 )
+
+# What loading the logged Pipeline needs, pinned to the versions that trained it.
+MODEL_REQUIREMENTS = [
+    f"{package}=={version(package)}"
+    for package in ("mlflow", "scikit-learn", "skops", "numpy", "pandas", "scipy")
+]
 
 # Users scored by the pre-promotion check: enough for a stable AUC, quick to read online.
 CHECK_SAMPLE = 1000
@@ -128,6 +135,8 @@ def churn_model(
             # skops refuses unknown types on load; these are the ones this very Pipeline holds.
             skops_trusted_types=skops.io.get_untrusted_types(data=skops.io.dumps(trained.pipeline)),
             extra_files=[str(onnx_path)],
+            # Stated, not inferred: inference re-imports the model in a subprocess (a minute).
+            pip_requirements=MODEL_REQUIREMENTS,
         )
     lineage = {
         "partition": key,

@@ -88,6 +88,17 @@ CATEGORICAL: list[str] = [f.name for f in FEATURES if f.categorical]
 NUMERIC: list[str] = [f.name for f in FEATURES if not f.categorical]
 FEATURE_REFS: list[str] = [f"{f.view}:{f.name}" for f in FEATURES]
 MISSING = "missing"
+# How a training set stores each feature, whichever offline store produced it: nullable where a
+# join may find nothing (e.g. a user whose snapshot is past the TTL).
+STORED_DTYPES = {"Int64": "Int64", "Float32": "float64", "Bool": "boolean", "String": "object"}
+
+
+def with_stored_dtypes(frame: pd.DataFrame) -> pd.DataFrame:
+    """The features of an offline retrieval in their storage dtypes (Feast's stores differ)."""
+    typed = frame.copy()
+    for feature in FEATURES:
+        typed[feature.name] = frame[feature.name].astype(STORED_DTYPES[feature.dtype])
+    return typed
 
 
 _BOOL_TEXT = {True: "True", False: "False"}

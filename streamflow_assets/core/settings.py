@@ -128,7 +128,6 @@ class Settings(BaseSettings):
             "STREAMFLOW_POSTGRES_USER": self.postgres_user,
             "STREAMFLOW_POSTGRES_PASSWORD": self.postgres_password.get_secret_value(),
             "STREAMFLOW_POSTGRES_DB": self.postgres_db,
-            "STREAMFLOW_POSTGRES_DSN": self.postgres_dsn,
         }
 
 

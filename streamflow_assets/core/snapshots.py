@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import os
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import pandas as pd
+import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
+from psycopg import sql
 
 AS_OF = "as_of"
 
@@ -119,3 +123,126 @@ class ParquetSnapshotStore:
             return []
         days = sorted(p.stem for p in folder.glob("[0-9]*.parquet"))
         return [datetime.fromisoformat(day).replace(tzinfo=UTC) for day in days]
+
+
+def _sql_type(series: pd.Series) -> str:
+    """The Postgres column for a stored pandas column; NOT NULL where pandas cannot hold a null."""
+    dtype = str(series.dtype)
+    if dtype == "bool":
+        return "boolean NOT NULL"
+    if dtype == "boolean":
+        return "boolean"
+    if dtype == "int64":
+        return "bigint NOT NULL"
+    if dtype == "Int64":
+        return "bigint"
+    if dtype == "float64":
+        return "double precision"
+    if dtype.startswith("datetime64") and "UTC" in dtype:
+        return "timestamptz NOT NULL"
+    sample = series.dropna().head(1).tolist()
+    if sample and isinstance(sample[0], date):
+        return "date"
+    if dtype == "object":
+        return "text"
+    raise TypeError(f"no Postgres type for column {series.name!r} of dtype {dtype}")
+
+
+class PostgresSnapshotStore:
+    """Postgres profile: one table per snapshot, keyed (user_id, as_of).
+
+    A month is replaced in one transaction (delete its rows, copy the new ones), under a
+    per-table advisory lock so that parallel backfills neither race to create a table nor
+    interleave their writes.
+    """
+
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+
+    def _connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn)
+
+    def write_month(self, as_of: datetime, frames: Mapping[str, pd.DataFrame]) -> None:
+        stored = {table: with_as_of(df, as_of) for table, df in frames.items()}
+        with self._connect() as conn, conn.transaction():
+            for table, df in stored.items():
+                name = sql.Identifier(table)
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+                columns = sql.SQL(", ").join(
+                    sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_sql_type(df[c])))
+                    for c in df.columns
+                )
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY (user_id, as_of))"
+                    ).format(name, columns)
+                )
+                conn.execute(sql.SQL("DELETE FROM {} WHERE as_of = %s").format(name), (as_of,))
+                copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
+                    name, sql.SQL(", ").join(map(sql.Identifier, df.columns))
+                )
+                with conn.cursor().copy(copy_sql) as copy:
+                    # repr-exact floats; empty (unquoted) fields are NULLs.
+                    copy.write(df.to_csv(index=False, header=False))
+
+    def _columns(self, conn: psycopg.Connection, table: str) -> list[tuple[str, str, bool]]:
+        found = conn.execute(
+            "SELECT column_name, data_type, is_nullable = 'YES' FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position",
+            (table,),
+        ).fetchall()
+        return [(name, kind, nullable) for name, kind, nullable in found]
+
+    def read(self, table: str, as_of: datetime) -> pd.DataFrame:
+        with self._connect() as conn:
+            columns = self._columns(conn, table)
+            buffer = io.StringIO()
+            if columns:
+                query = sql.SQL(
+                    "COPY (SELECT * FROM {} WHERE as_of = {} ORDER BY user_id) TO STDOUT "
+                    "WITH (FORMAT csv, HEADER)"
+                ).format(sql.Identifier(table), sql.Literal(as_of))
+                with conn.cursor().copy(query) as copy:
+                    for block in copy:
+                        buffer.write(bytes(block).decode())
+        if not columns or buffer.tell() == 0:
+            raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d}")
+        buffer.seek(0)
+        raw = pd.read_csv(
+            buffer, dtype=str, keep_default_na=False, na_values=[""], float_precision="round_trip"
+        )
+        if raw.empty:
+            raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d}")
+        return pd.DataFrame({name: _typed(raw[name], kind, null) for name, kind, null in columns})
+
+    def as_ofs(self, table: str) -> list[datetime]:
+        with self._connect() as conn:
+            if not self._columns(conn, table):
+                return []
+            query = sql.SQL("SELECT DISTINCT as_of FROM {} ORDER BY as_of")
+            rows = conn.execute(query.format(sql.Identifier(table))).fetchall()
+        return [as_of.astimezone(UTC) for (as_of,) in rows]
+
+    def row_count(self, table: str, as_of: datetime) -> int | None:
+        with self._connect() as conn:
+            if not self._columns(conn, table):
+                return None
+            query = sql.SQL("SELECT count(*) FROM {} WHERE as_of = %s")
+            (count,) = conn.execute(query.format(sql.Identifier(table)), (as_of,)).fetchone()
+        return count or None
+
+
+def _typed(text: pd.Series, kind: str, nullable: bool) -> pd.Series:
+    """A column read back as text, in the dtype the parquet store would have given it."""
+    if kind == "boolean":
+        values = text.map({"t": True, "f": False})
+        return values.astype("boolean") if nullable else values.astype(bool)
+    if kind == "bigint":
+        return text.astype("Int64") if nullable else text.astype(np.int64)
+    if kind == "double precision":
+        return text.astype(np.float64)
+    if kind.startswith("timestamp"):
+        return pd.to_datetime(text, utc=True).astype("datetime64[us, UTC]")
+    if kind == "date":
+        return pd.to_datetime(text, format="%Y-%m-%d").dt.date
+    return text.astype(object).where(text.notna(), None)

@@ -13,7 +13,11 @@ from streamflow_assets.resources.monitoring import (
     WebhookAlertSink,
 )
 from streamflow_assets.resources.seeds import SeedsResource
-from streamflow_assets.resources.storage import ParquetSnapshots, SnapshotsResource
+from streamflow_assets.resources.storage import (
+    ParquetSnapshots,
+    PostgresSnapshots,
+    SnapshotsResource,
+)
 
 __all__ = [
     "AlertSinkResource",
@@ -28,11 +32,26 @@ __all__ = [
 
 
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
-    if settings.profile != "local":
-        raise NotImplementedError(f"profile {settings.profile!r} is not available yet")
+    """The profile is chosen here and only here: which snapshot store; the feature store and
+    MLflow follow from the settings (the profile's feature_store yaml, the tracking URI)."""
+    snapshots: SnapshotsResource = (
+        PostgresSnapshots(
+            host=settings.postgres_host,
+            port=settings.postgres_port,
+            user=settings.postgres_user,
+            password=(
+                EnvVar("STREAMFLOW_POSTGRES_PASSWORD")
+                if settings.postgres_password.get_secret_value()
+                else ""
+            ),
+            database=settings.postgres_db,
+        )
+        if settings.profile == "postgres"
+        else ParquetSnapshots(root=str(settings.snapshots_dir))
+    )
     return {
         "seeds": SeedsResource(seeds_dir=str(settings.seeds_dir)),
-        "snapshots": ParquetSnapshots(root=str(settings.snapshots_dir)),
+        "snapshots": snapshots,
         "feature_store": FeatureStoreResource(feature_repo=str(settings.feature_repo)),
         "mlflow": MlflowTracking(
             tracking_uri=settings.tracking_uri,

@@ -3,8 +3,13 @@
 from pathlib import Path
 
 from dagster import ConfigurableResource
+from psycopg import conninfo
 
-from streamflow_assets.core.snapshots import ParquetSnapshotStore, SnapshotStore
+from streamflow_assets.core.snapshots import (
+    ParquetSnapshotStore,
+    PostgresSnapshotStore,
+    SnapshotStore,
+)
 
 
 class SnapshotsResource(ConfigurableResource):
@@ -21,3 +26,25 @@ class ParquetSnapshots(SnapshotsResource):
 
     def store(self) -> SnapshotStore:
         return ParquetSnapshotStore(Path(self.root))
+
+
+class PostgresSnapshots(SnapshotsResource):
+    """Postgres profile: a table per snapshot, a month replaced in one transaction."""
+
+    host: str
+    port: int
+    user: str
+    # An EnvVar when set, so that the Dagster UI shows the variable's name, not the secret.
+    password: str
+    database: str
+
+    def store(self) -> SnapshotStore:
+        return PostgresSnapshotStore(
+            conninfo.make_conninfo(
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                password=self.password,
+                dbname=self.database,
+            )
+        )
