@@ -114,8 +114,11 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_artifact_location(self) -> str | None:
-        """Where a new experiment keeps its artifacts; None lets a tracking server decide."""
-        if self.mlflow_tracking_uri or self.profile != "local":
+        """Where a new experiment keeps its artifacts; None lets a tracking server decide.
+
+        Without a server (a database URI) MLflow would default to `./mlruns` of the working dir.
+        """
+        if self.tracking_uri.startswith(("http://", "https://")):
             return None
         return (self.data_dir / "mlflow" / "artifacts").as_uri()
 
