@@ -7,7 +7,7 @@ SF := .venv/bin/streamflow
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := .venv
 
-.PHONY: install demo test lint format pipeline dev
+.PHONY: install demo test lint format pipeline dev stack stack-down
 
 install: .venv/.installed
 
@@ -36,3 +36,11 @@ lint: install
 
 format: install
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+# The docker compose services started natively (PostgreSQL, MLflow, Dagster webserver + daemon,
+# API); pids and logs under $$STREAMFLOW_DATA_DIR/stack/ (default var/stack/).
+stack: install
+	.venv/bin/python -m streamflow_assets.stack up
+
+stack-down:
+	.venv/bin/python -m streamflow_assets.stack down

@@ -94,6 +94,7 @@ class Stack:
         env = dict(os.environ)
         env.update(
             {
+                "STREAMFLOW_PROFILE": s.profile,
                 "STREAMFLOW_DATA_DIR": str(s.data_dir),
                 "STREAMFLOW_MLFLOW_TRACKING_URI": self.tracking_uri,
                 "STREAMFLOW_DAGSTER_UI_URL": self.dagster_url,
@@ -456,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["up", "down", "status"])
     parser.add_argument("services", nargs="*", help=f"some of {', '.join(SERVICES)} (default all)")
     args = parser.parse_args(argv)
+    # The native twin of docker-compose.yml runs the same profile unless told otherwise.
+    os.environ.setdefault("STREAMFLOW_PROFILE", "postgres")
+    get_settings.cache_clear()
     unknown = sorted(set(args.services) - set(SERVICES))
     if unknown:
         parser.error(f"unknown services {unknown}; choose from {', '.join(SERVICES)}")
