@@ -8,12 +8,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 FIRST_MONTH = date(2024, 1, 1)
-_KEY = re.compile(r"^(\d{4})-(\d{2})$")
-_FOLDER = re.compile(r"^month_(\d{3})$")
+_KEY = re.compile(r"([0-9]{4})-([0-9]{2})")
+_FOLDER = re.compile(r"month_([0-9]{3})")
 
 
 def _parse_key(key: str) -> tuple[int, int]:
-    match = _KEY.match(key)
+    match = _KEY.fullmatch(key)
     if not match or not 1 <= int(match[2]) <= 12:
         raise ValueError(f"not a month partition key (YYYY-MM): {key!r}")
     return int(match[1]), int(match[2])
@@ -60,7 +60,7 @@ def seeded_months(seeds_dir: Path) -> list[str]:
     indexes = sorted(
         int(match[1])
         for child in seeds_dir.iterdir()
-        if child.is_dir() and (match := _FOLDER.match(child.name))
+        if child.is_dir() and (match := _FOLDER.fullmatch(child.name))
     )
     return [partition_key(i) for i in indexes]
 

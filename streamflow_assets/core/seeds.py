@@ -187,7 +187,7 @@ def _parse_column(
         return text, None
     if bad.any():
         return None, Problem(
-            file, col.name, f"not a {col.kind.value}", _examples(raw, bad, col.name)
+            file, col.name, f"not a valid {col.kind.value}", _examples(raw, bad, col.name)
         )
     return parsed, None
 

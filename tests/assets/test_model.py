@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,10 @@ from streamflow_assets.core import months
 from streamflow_assets.core.compiled import ONNX_FILE, CompiledModel
 from streamflow_assets.core.features import LABEL, to_model_frame
 from streamflow_assets.core.registry import MODEL_NAME, PRODUCTION_ALIAS, PRODUCTION_STAGE
-from streamflow_assets.core.settings import Settings, get_settings
-from streamflow_assets.core.snapshots import ParquetSnapshotStore
+from streamflow_assets.core.settings import Settings
 from streamflow_assets.pipeline import MonthOutcome
+from streamflow_assets.resources import build_resources
+from tests.profiles import PROFILES, profile
 
 LINEAGE_TAGS = {"partition", "as_of", "dataset_hash", "feature_service", "dagster_run_id"}
 
@@ -33,30 +33,30 @@ class Built:
     client: MlflowClient
 
 
-@pytest.fixture(scope="module")
-def built(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
-    """The whole pipeline for 2024-01 then 2024-02, run from an unrelated working directory."""
+@pytest.fixture(scope="module", params=PROFILES)
+def built(
+    request: pytest.FixtureRequest, real_seeds: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Built]:
+    """The whole pipeline for 2024-01 then 2024-02, once per profile, run from an unrelated
+    working directory (MLflow must not drop a ./mlruns there)."""
     from dagster import instance_for_test
 
     from streamflow_assets.definitions import build_definitions
     from streamflow_assets.pipeline import run_months
 
-    data_dir = tmp_path_factory.mktemp("model")
+    data_dir = tmp_path_factory.mktemp(f"model-{request.param}")
     cwd = tmp_path_factory.mktemp("cwd")
-    with pytest.MonkeyPatch.context() as env, instance_for_test() as instance:
-        for name in [n for n in os.environ if n.startswith("STREAMFLOW_")]:
-            env.delenv(name)
-        env.setenv("STREAMFLOW_DATA_DIR", str(data_dir))
-        env.setenv("STREAMFLOW_SEEDS_DIR", str(real_seeds))
+    with (
+        profile(request.param, data_dir, real_seeds) as settings,
+        pytest.MonkeyPatch.context() as env,
+        instance_for_test() as instance,
+    ):
         env.chdir(cwd)
-        get_settings.cache_clear()
-        settings = get_settings()
         outcomes = run_months(
             ["2024-01", "2024-02"], defs=build_definitions(settings), instance=instance
         )
         assert all(o.success for o in outcomes), [o.error for o in outcomes]
         yield Built(settings, instance, outcomes, cwd, MlflowClient(settings.tracking_uri))
-    get_settings.cache_clear()
 
 
 def versions(client: MlflowClient) -> list:
@@ -104,11 +104,16 @@ def test_every_version_carries_its_lineage(built: Built) -> None:
         assert {"feature_schema.json", "plots"} <= artifacts
 
 
-def test_artifacts_live_under_the_data_dir_not_the_working_dir(built: Built) -> None:
+def test_artifacts_live_in_the_profiles_store_not_the_working_dir(built: Built) -> None:
     assert not (built.cwd / "mlruns").exists()
+    # Local: files under the data dir; postgres: served by the tracking server.
+    where = {
+        "local": (built.settings.data_dir / "mlflow").as_uri(),
+        "postgres": "mlflow-artifacts:",
+    }[built.settings.profile]
     for version in versions(built.client):
         uri = built.client.get_run(version.run_id).info.artifact_uri
-        assert uri.startswith((built.settings.data_dir / "mlflow").as_uri()), uri
+        assert uri.startswith(where), uri
 
 
 def test_exactly_one_version_serves_with_stage_and_alias(built: Built) -> None:
@@ -120,7 +125,7 @@ def test_exactly_one_version_serves_with_stage_and_alias(built: Built) -> None:
 def test_the_production_model_loads_and_predicts(built: Built) -> None:
     mlflow.set_tracking_uri(built.settings.tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{PRODUCTION_STAGE}")
-    store = ParquetSnapshotStore(built.settings.snapshots_dir)
+    store = build_resources(built.settings)["snapshots"].store()
     dataset = store.read("training_dataset", months.as_of("2024-02")).head(50)
     probability = np.asarray(model.predict(to_model_frame(dataset)))
     assert probability.shape == (50, 2)
@@ -132,7 +137,7 @@ def test_the_served_onnx_twin_predicts_like_the_pipeline(built: Built, tmp_path:
     uri = f"models:/{MODEL_NAME}/{PRODUCTION_STAGE}"
     directory = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp_path))
     compiled = CompiledModel((directory / "extra_files" / ONNX_FILE).read_bytes())
-    store = ParquetSnapshotStore(built.settings.snapshots_dir)
+    store = build_resources(built.settings)["snapshots"].store()
     frame = to_model_frame(store.read("training_dataset", months.as_of("2024-02")))
     expected = np.asarray(mlflow.pyfunc.load_model(uri).predict(frame))[:, 1]
     np.testing.assert_allclose(compiled.predict_proba(frame), expected, atol=1e-5)
@@ -173,7 +178,7 @@ def test_hyperparameters_are_overridable_at_launch(built: Built) -> None:
 
 
 def test_the_month_labels_are_what_the_model_was_scored_on(built: Built) -> None:
-    store = ParquetSnapshotStore(built.settings.snapshots_dir)
+    store = build_resources(built.settings)["snapshots"].store()
     dataset = store.read("training_dataset", months.as_of("2024-01"))
     labels = store.read("labels_snapshots", months.as_of("2024-01"))
     merged = dataset[["user_id", LABEL]].merge(labels[["user_id", LABEL]], on="user_id")

@@ -1,0 +1,107 @@
+"""Test environments per profile: local dirs, or throwaway Postgres databases and MLflow."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+
+from streamflow_assets.core.settings import Settings, get_settings
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = ["local", pytest.param("postgres", marks=pytest.mark.postgres)]
+# The server the machine runs (trust auth on loopback); .ci/run starts it when it is down.
+POSTGRES = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _admin() -> psycopg.Connection:
+    try:
+        return psycopg.connect(dbname="postgres", autocommit=True, **POSTGRES)
+    except psycopg.OperationalError as error:
+        raise RuntimeError(
+            f"the postgres profile is tested against a real server on {POSTGRES['host']}:"
+            f"{POSTGRES['port']}, which is not reachable ({error}); start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+        ) from error
+
+
+@contextlib.contextmanager
+def throwaway_databases(*suffixes: str) -> Iterator[list[str]]:
+    """Fresh databases with unique names, dropped (connections and all) afterwards."""
+    stem = f"streamflow_test_{uuid.uuid4().hex[:10]}"
+    names = [f"{stem}{suffix}" for suffix in suffixes]
+    with _admin() as admin:
+        for name in names:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield names
+    finally:
+        with _admin() as admin:
+            for name in names:
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+
+@contextlib.contextmanager
+def mlflow_server(database: str, artifacts: Path, log: Path) -> Iterator[str]:
+    """`mlflow server` with a Postgres backend and served artifacts, on a free loopback port."""
+    port = free_port()
+    backend = f"postgresql://{POSTGRES['user']}@{POSTGRES['host']}:{POSTGRES['port']}/{database}"
+    command = [
+        str(REPO / ".venv" / "bin" / "mlflow"), "server", "--host", "127.0.0.1",
+        "--port", str(port), "--workers", "1", "--backend-store-uri", backend,
+        "--serve-artifacts", "--artifacts-destination", str(artifacts),
+    ]  # fmt: skip
+    with open(log, "w") as output:
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def profile(name: str, data_dir: Path, seeds: Path) -> Iterator[Settings]:
+    """The environment of one profile for a test module; yields its Settings."""
+    with contextlib.ExitStack() as stack:
+        env = stack.enter_context(pytest.MonkeyPatch.context())
+        for variable in [n for n in os.environ if n.startswith("STREAMFLOW_")]:
+            env.delenv(variable)
+        env.setenv("STREAMFLOW_PROFILE", name)
+        env.setenv("STREAMFLOW_DATA_DIR", str(data_dir))
+        env.setenv("STREAMFLOW_SEEDS_DIR", str(seeds))
+        if name == "postgres":
+            data, tracking = stack.enter_context(throwaway_databases("", "_mlflow"))
+            env.setenv("STREAMFLOW_POSTGRES_DB", data)
+            server = mlflow_server(tracking, data_dir / "artifacts", data_dir / "mlflow.log")
+            env.setenv("STREAMFLOW_MLFLOW_TRACKING_URI", stack.enter_context(server))
+        get_settings.cache_clear()
+        stack.callback(get_settings.cache_clear)
+        yield get_settings()
