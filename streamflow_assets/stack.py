@@ -410,29 +410,29 @@ def up(stack: Stack, names: Sequence[str] = SERVICES) -> dict[str, Record]:
 
 
 def stop_records(stack: Stack, records: Sequence[Record]) -> list[str]:
-    """SIGTERM each recorded process group, SIGKILL what is left after the timeout."""
-    stopped = []
+    """SIGTERM each recorded process group, SIGKILL what is left of it after the timeout."""
+    signalled = []
     for record in records:
         ticks = _start_ticks(record.pid)
         # A live process under the recorded pid but with another start time is somebody else's:
         # our group is gone (a pid is never reused while its process group has members).
         if ticks is None or ticks == record.start_ticks:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(record.pid, signal.SIGTERM)
-                stopped.append(record.name)
-            except ProcessLookupError:
-                pass
+                signalled.append(record)
     deadline = time.monotonic() + stack.stack.stop_timeout_seconds
-    for record in records:
+    for record in signalled:
         while _group_alive(record.pid) and time.monotonic() < deadline:
             _reap(record.pid)
             time.sleep(0.2)
         if _group_alive(record.pid):
             print(f"{record.name} ignored SIGTERM; killing its process group", file=sys.stderr)
-            os.killpg(record.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(record.pid, signal.SIGKILL)
         _reap(record.pid)
+    for record in records:
         stack.pid_file(record.name).unlink(missing_ok=True)
-    return stopped
+    return [record.name for record in signalled]
 
 
 def _reap(pid: int) -> None:
