@@ -21,9 +21,23 @@ def dagster_yaml(profile: str) -> Path:
     return REPO_ROOT / ("dagster.yaml" if profile == "local" else f"dagster.{profile}.yaml")
 
 
+def dagster_postgres_env(settings: Settings, database: str = "dagster") -> dict[str, str]:
+    """The DAGSTER_POSTGRES_* variables dagster.postgres.yaml reads: StreamFlow's own server."""
+    return {
+        "DAGSTER_POSTGRES_HOST": settings.postgres_host,
+        "DAGSTER_POSTGRES_PORT": str(settings.postgres_port),
+        "DAGSTER_POSTGRES_USER": settings.postgres_user,
+        "DAGSTER_POSTGRES_PASSWORD": settings.postgres_password.get_secret_value(),
+        "DAGSTER_POSTGRES_DB": database,
+    }
+
+
 def prepare_dagster_home(settings: Settings) -> Path:
     """Point DAGSTER_HOME at the data dir's instance (unless set) and give it the profile's
-    dagster.yaml."""
+    dagster.yaml; under the postgres profile, default its DAGSTER_POSTGRES_* variables."""
+    if settings.profile == "postgres":
+        for name, value in dagster_postgres_env(settings).items():
+            os.environ.setdefault(name, value)
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))).resolve()
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"

@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamflow_assets.cli import dagster_yaml
+from streamflow_assets.cli import dagster_postgres_env, dagster_yaml
 from streamflow_assets.core.settings import REPO_ROOT, Settings, get_settings
 
 # Every service binds to loopback: the native stack is for one user on one machine.
@@ -105,14 +105,8 @@ class Stack:
         # MLflow import, for work this project never submits.
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         # The instance file reads these; a caller's own values win (another server, a secret).
-        for name, value in {
-            "HOST": s.postgres_host,
-            "PORT": str(s.postgres_port),
-            "USER": s.postgres_user,
-            "PASSWORD": s.postgres_password.get_secret_value(),
-            "DB": self.stack.dagster_db,
-        }.items():
-            env.setdefault(f"DAGSTER_POSTGRES_{name}", value)
+        for name, value in dagster_postgres_env(s, self.stack.dagster_db).items():
+            env.setdefault(name, value)
         return env
 
     @property

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from streamflow_assets.cli import prepare_dagster_home
+from streamflow_assets.cli import dagster_postgres_env, prepare_dagster_home
 from streamflow_assets.core.settings import Settings
 from streamflow_assets.stack import (
     Record,
@@ -148,7 +148,15 @@ def test_the_stack_points_every_service_at_its_own_servers_and_postgres_instance
 def test_prepare_dagster_home_gives_each_profile_its_instance_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Registered with monkeypatch (set, then unset), so what the function sets is undone too.
+    for name in ("DAGSTER_HOME", *dagster_postgres_env(Settings())):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     for profile, source in (("local", "dagster.yaml"), ("postgres", "dagster.postgres.yaml")):
         monkeypatch.delenv("DAGSTER_HOME", raising=False)
-        home = prepare_dagster_home(Settings(data_dir=tmp_path / profile, profile=profile))
+        settings = Settings(data_dir=tmp_path / profile, profile=profile, postgres_port=6543)
+        home = prepare_dagster_home(settings)
         assert (home / "dagster.yaml").read_text() == (REPO_ROOT / source).read_text()
+    # The postgres instance file reads its server from the StreamFlow settings' one.
+    assert os.environ["DAGSTER_POSTGRES_PORT"] == "6543"
+    assert os.environ["DAGSTER_POSTGRES_DB"] == "dagster"
