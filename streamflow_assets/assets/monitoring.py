@@ -27,6 +27,9 @@ from dagster import (
     schedule,
     sensor,
 )
+
+# The instance's check history takes these statuses to skip runs still in progress; Dagster 1.13
+# does not export them (nor the record type) at the top level.
 from dagster._core.storage.asset_check_execution_record import (
     COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
     AssetCheckExecutionRecord,

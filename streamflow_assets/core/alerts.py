@@ -46,7 +46,7 @@ class Alert:
         return (
             f"{self.title}. Partition {self.partition or 'unknown'}: the online store holds "
             f"{self.actual_as_of or 'nothing'}, expected {self.expected_as_of or 'unknown'} "
-            f"(lag {lag}). {self.summary} {self.link}"
+            f"(lag {lag}). Why: {self.summary}. {self.link}"
         )
 
     def record(self) -> dict[str, Any]:
@@ -73,7 +73,7 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
                 "type": "section",
                 "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields.items()],
             },
-            {"type": "section", "text": {"type": "mrkdwn", "text": alert.summary}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Why:* {alert.summary}"}},
             {
                 "type": "section",
                 "text": {"type": "mrkdwn", "text": f"<{alert.link}|Open {alert.asset} in Dagster>"},
