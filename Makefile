@@ -7,7 +7,7 @@ SF := .venv/bin/streamflow
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := .venv
 
-.PHONY: install demo test lint format pipeline dev stack stack-down
+.PHONY: install demo serve test lint format pipeline dev mlflow stack stack-down
 
 install: .venv/.installed
 
@@ -21,12 +21,21 @@ install: .venv/.installed
 demo: install
 	$(if $(SEEDS_DIR),,$(SF) generate --users 7043 --months 3 --seed 42 --out $(DEMO_SEEDS))
 	STREAMFLOW_SEEDS_DIR=$(DEMO_SEEDS) $(SF) pipeline
+	$(SF) serve --host 127.0.0.1 --port 8000
+
+serve: install
+	$(SF) serve
 
 pipeline: install
 	$(SF) pipeline
 
+# The Dagster UI (with the daemon) on 127.0.0.1:3000, over the instance `streamflow` writes to.
 dev: install
-	DAGSTER_HOME=$${DAGSTER_HOME:-$$PWD/var/dagster} .venv/bin/dagster dev
+	$(SF) dagster-dev
+
+# The MLflow UI on 127.0.0.1:5000, over the local profile's tracking database.
+mlflow: install
+	.venv/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$$(realpath $${STREAMFLOW_DATA_DIR:-var})/mlflow/mlflow.db
 
 test: install
 	.venv/bin/pytest

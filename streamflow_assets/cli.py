@@ -121,6 +121,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dagster_dev(args: argparse.Namespace) -> int:
+    """`dagster dev` (UI + daemon) over the instance that `streamflow pipeline` records runs in."""
+    prepare_dagster_home(get_settings())
+    dagster = Path(sys.executable).with_name("dagster")
+    os.chdir(REPO_ROOT)
+    command = ["dagster", "dev", "-w", "workspace.yaml", "--host", args.host, "--port", args.port]
+    os.execv(dagster, command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default: $STREAMFLOW_SERVE_HOST)")
     serve.add_argument("--port", type=int, help="port (default: $STREAMFLOW_SERVE_PORT)")
     serve.set_defaults(run=_serve)
+
+    dev = commands.add_parser("dagster-dev", help="the Dagster UI and daemon over this data dir")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", default="3000")
+    dev.set_defaults(run=_dagster_dev)
     return parser
 
 
