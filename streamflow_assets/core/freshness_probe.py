@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import UTC, datetime
 
+import psycopg
 from feast import FeatureStore
 from feast.errors import FeatureViewNotFoundException
 
@@ -54,10 +55,12 @@ def online_event_times(store: FeatureStore, user_ids: list[str]) -> UserEventTim
             entity_rows=[{JOIN_KEY: user} for user in user_ids],
         ).to_dict(include_event_timestamps=True)
     except sqlite3.OperationalError as error:
-        # The SQLite online store creates its tables on `feast apply`; without them it was wiped
-        # (or never set up). Anything else (a locked database) is an error, not an answer.
+        # The online stores create their tables on `feast apply`; without them the store was
+        # wiped (or never set up). Anything else (a locked database) is an error, not an answer.
         if "no such table" not in str(error):
             raise
+        return None
+    except psycopg.errors.UndefinedTable:
         return None
     # Feast returns epoch seconds, and 0 for a user it holds no row for.
     stamps = {view: rows[f"{ref.split(':')[1]}__ts"] for view, ref in _PROBE_REFS.items()}
