@@ -1,0 +1,299 @@
+"""The native stack end to end: a backfill through Dagster's GraphQL API, /predict, and the UI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from streamflow_assets.core.settings import Settings
+from streamflow_assets.stack import _group_alive, create_databases, drop_databases
+from tests.e2e.browser import CHROMIUM, chromium
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PYTHON = REPO_ROOT / ".venv" / "bin" / "python"
+DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "streamflow.json"
+MONTHS = ["2024-01", "2024-02"]
+KNOWN_USER = "7590-VHVEG"
+# A backfill of both real months runs about twenty steps per month on two cores.
+BACKFILL_TIMEOUT = 1500
+TERMINAL = {"COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED", "COMPLETED"}
+
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on UnauthorizedError { message }
+    ... on PartitionSetNotFoundError { message }
+    ... on InvalidStepError { invalidStepKey }
+    ... on InvalidOutputError { stepKey invalidOutputName }
+    ... on RunConflict { message }
+    ... on ConflictingExecutionParamsError { message }
+    ... on NoModeProvidedError { message }
+    ... on InvalidSubsetError { message }
+  }
+}
+"""
+BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status error { message } runs(limit: 100) { runId status } }
+    ... on PythonError { message }
+  }
+}
+"""
+ASSETS = """
+{
+  assetNodes {
+    assetKey { path }
+    isPartitioned
+    partitionStats { numMaterialized numFailed }
+  }
+}
+"""
+RUN_FAILURES = """
+query Failures($id: ID!) {
+  runOrError(runId: $id) {
+    ... on Run {
+      eventConnection(afterCursor: null) {
+        events {
+          __typename
+          ... on ExecutionStepFailureEvent { stepKey error { message } }
+          ... on RunFailureEvent { message }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+@dataclass(frozen=True)
+class NativeStack:
+    """The processes `python -m streamflow_assets.stack up` started for this module."""
+
+    env: dict[str, str]
+    data_dir: Path
+    dagster_url: str
+    api_url: str
+
+    def stack(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        """`make stack` / `make stack-down` as a user runs them, in this module's environment."""
+        return subprocess.run(
+            [str(PYTHON), "-m", "streamflow_assets.stack", *args],
+            cwd=REPO_ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def graphql(self, query: str, **variables: object) -> dict:
+        response = httpx.post(
+            f"{self.dagster_url}/graphql",
+            json={"query": query, "variables": variables},
+            timeout=120,
+        )
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {log.name} (last lines)\n" + "\n".join(log.read_text().splitlines()[-30:])
+            for log in sorted((self.data_dir / "stack").glob("*.log"))
+        )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _recorded_groups(data_dir: Path) -> dict[str, int]:
+    return {
+        path.stem: json.loads(path.read_text())["pid"]
+        for path in (data_dir / "stack").glob("*.pid")
+    }
+
+
+@pytest.fixture(scope="module")
+def native_stack(
+    real_seeds: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NativeStack]:
+    """MLflow, the Dagster webserver and daemon of the postgres profile on free loopback ports,
+    over throwaway databases on the machine's PostgreSQL (dropped afterwards), with the real
+    seeds; stopped by `stack down`, which must leave nothing it started and nothing else."""
+    data_dir = tmp_path_factory.mktemp("e2e") / "data"
+    stem = f"streamflow_e2e_{uuid.uuid4().hex[:10]}"
+    databases = {role: f"{stem}_{role}" for role in ("streamflow", "mlflow", "dagster")}
+    ports = {name: _free_port() for name in ("mlflow", "dagster", "api")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMFLOW_", "DAGSTER_"))}
+    env.update(
+        {
+            "STREAMFLOW_PROFILE": "postgres",
+            "STREAMFLOW_DATA_DIR": str(data_dir),
+            "STREAMFLOW_SEEDS_DIR": str(real_seeds),
+            "STREAMFLOW_POSTGRES_HOST": "127.0.0.1",
+            "STREAMFLOW_POSTGRES_PORT": "5432",
+            "STREAMFLOW_POSTGRES_USER": "postgres",
+            "STREAMFLOW_POSTGRES_DB": databases["streamflow"],
+            "STREAMFLOW_STACK_MLFLOW_DB": databases["mlflow"],
+            "STREAMFLOW_STACK_DAGSTER_DB": databases["dagster"],
+            "STREAMFLOW_STACK_MLFLOW_PORT": str(ports["mlflow"]),
+            "STREAMFLOW_STACK_DAGSTER_PORT": str(ports["dagster"]),
+            "STREAMFLOW_STACK_API_PORT": str(ports["api"]),
+            "STREAMFLOW_STACK_MLFLOW_WORKERS": "1",
+            "STREAMFLOW_STACK_START_TIMEOUT_SECONDS": "420",
+        }
+    )
+    server = Settings(postgres_host="127.0.0.1", postgres_port=5432, postgres_user="postgres")
+    stack = NativeStack(
+        env=env,
+        data_dir=data_dir,
+        dagster_url=f"http://127.0.0.1:{ports['dagster']}",
+        api_url=f"http://127.0.0.1:{ports['api']}",
+    )
+    # Made here rather than by `stack up`, so that teardown knows exactly what to drop.
+    create_databases(server, databases.values())
+    # A process of the same user that `stack down` must leave alone.
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(3600)"], start_new_session=True
+    )
+    try:
+        started = stack.stack("up", "mlflow", "dagster-webserver", "dagster-daemon")
+        assert started.returncode == 0, started.stdout + started.stderr + stack.logs()
+        yield stack
+    finally:
+        groups = _recorded_groups(data_dir)
+        stopped = stack.stack("down", timeout=300)
+        try:
+            assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+            assert "ignored SIGTERM" not in stopped.stderr, stopped.stderr + stack.logs()
+            alive = [name for name, pgid in groups.items() if _group_alive(pgid)]
+            assert not alive, f"still running after `stack down`: {alive}\n{stack.logs()}"
+            assert not list((data_dir / "stack").glob("*.pid"))
+            assert bystander.poll() is None, "`stack down` stopped a process it did not start"
+        finally:
+            os.killpg(bystander.pid, signal.SIGKILL)
+            bystander.wait()
+            drop_databases(server, databases.values())
+
+
+@pytest.fixture(scope="module")
+def backfill(native_stack: NativeStack) -> dict:
+    """Both real months of every asset, launched as the UI's "Materialize" does for a range of
+    partitions (`launchPartitionBackfill`) and executed by the daemon; waits for the outcome."""
+    nodes = native_stack.graphql(ASSETS)["assetNodes"]
+    params = {
+        "partitionNames": MONTHS,
+        "assetSelection": [{"path": node["assetKey"]["path"]} for node in nodes],
+        "title": "e2e: 2024-01..2024-02",
+        # The launchpad's executor choice: every step in the run's own process. The default
+        # starts a process per step, each importing Feast, MLflow and scikit-learn again, which
+        # on two cores costs several times the work itself.
+        "runConfigData": {"execution": {"config": {"in_process": {}}}},
+    }
+    launched = native_stack.graphql(LAUNCH_BACKFILL, params=params)["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+    deadline = time.monotonic() + BACKFILL_TIMEOUT
+    started = time.monotonic()
+    while True:
+        state = native_stack.graphql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
+        if state.get("status") in TERMINAL or time.monotonic() > deadline:
+            break
+        time.sleep(5)
+    state["seconds"] = round(time.monotonic() - started)
+    state["failures"] = [
+        event
+        for run in state.get("runs", [])
+        if run["status"] != "SUCCESS"
+        for event in native_stack.graphql(RUN_FAILURES, id=run["runId"])["runOrError"][
+            "eventConnection"
+        ]["events"]
+        if event["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent")
+    ]
+    return state
+
+
+def test_a_backfill_launched_like_the_ui_is_run_by_the_daemon_then_predict_answers(
+    native_stack: NativeStack, backfill: dict
+) -> None:
+    assert backfill["status"] == "COMPLETED_SUCCESS", (
+        json.dumps(backfill, indent=1) + native_stack.logs()
+    )
+    assert backfill["runs"] and all(run["status"] == "SUCCESS" for run in backfill["runs"])
+    stats = {
+        node["assetKey"]["path"][-1]: node["partitionStats"]
+        for node in native_stack.graphql(ASSETS)["assetNodes"]
+        if node["isPartitioned"]
+    }
+    assert {"online_features", "training_dataset", "churn_model", "production_model"} <= set(stats)
+    assert all(s["numMaterialized"] == len(MONTHS) for s in stats.values()), stats
+
+    started = native_stack.stack("up", "api")
+    assert started.returncode == 0, started.stdout + started.stderr + native_stack.logs()
+    with httpx.Client(base_url=native_stack.api_url, timeout=30) as api:
+        assert api.get("/ready").status_code == 200, native_stack.logs()
+        answer = api.post("/predict", json={"user_id": KNOWN_USER})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["user_id"] == KNOWN_USER
+        assert answer.json()["model"]["version"] in {"1", "2"}
+        assert api.post("/predict", json={"user_id": "no-such-user"}).status_code == 404
+        metrics = api.get("/metrics").text
+    # The Grafana dashboard charts these series: each must be one the API really exports.
+    charted = set(re.findall(r"streamflow_[a-z_0-9]+", DASHBOARD.read_text()))
+    exported = {
+        name
+        for line in metrics.splitlines()
+        if line and not line.startswith("#")
+        for name in [line.split("{")[0].split(" ")[0]]
+    }
+    assert charted <= exported, charted - exported
+
+
+@pytest.mark.browser
+def test_the_dagster_ui_shows_the_assets_and_their_materialized_partitions(
+    native_stack: NativeStack, backfill: dict, tmp_path: Path
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing (`.ci/run` installs Debian's chromium)")
+    assert backfill["status"] == "COMPLETED_SUCCESS", "the backfill test says why"
+    ui = native_stack.dagster_url
+    with chromium(tmp_path / "profile", tmp_path / "chromium.log") as page:
+        try:
+            page.goto(f"{ui}/asset-groups")
+            page.wait_for(
+                lambda text: all(g in text for g in ("ingestion", "features", "training"))
+            )
+            page.goto(f"{ui}/locations/streamflow/asset-groups/features")
+            page.wait_for(
+                lambda text: all(
+                    a in text for a in ("feature_registry", "online_features", "training_dataset")
+                )
+            )
+            page.goto(f"{ui}/assets/online_features?view=partitions")
+            page.wait_for(lambda text: f"Materialized ({len(MONTHS)})" in text)
+        finally:
+            page.screenshot(tmp_path / "dagster-ui.png")
