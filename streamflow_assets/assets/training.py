@@ -6,7 +6,6 @@ from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
-import skops.io
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -107,6 +106,9 @@ def churn_model(
     params = ForestParams(**config.model_dump())
     trained = train(dataset, params)
     onnx_model = to_onnx(trained.pipeline, trained.split.x_val)
+    # Imported here: skops takes seconds to load, and only this step needs it.
+    import skops.io
+
     # `mlflow` is dagster-mlflow's resource: the mlflow API, inside the run it opened for us.
     run_id = mlflow.active_run().info.run_id
     dataset_hash = content_hash(dataset)
