@@ -23,9 +23,11 @@ COPY streamflow_assets ./streamflow_assets
 COPY serving ./serving
 COPY feature_repo ./feature_repo
 COPY deploy/workspace.compose.yaml ./deploy/workspace.compose.yaml
-# Installed in place (editable), so the code finds feature_repo/ and the yaml files beside it.
+# Installed in place (editable), so the code finds feature_repo/ and the yaml files beside it;
+# compiled now, because the unprivileged user cannot write bytecode next to the sources.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev
+    uv sync --frozen --no-dev \
+    && /app/.venv/bin/python -m compileall -q streamflow_assets serving
 
 # Every process runs as an unprivileged user. The directories that become named volumes are
 # created here with that owner, so Docker initialises the volumes writable by it.

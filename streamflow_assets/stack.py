@@ -388,14 +388,18 @@ def up(stack: Stack, names: Sequence[str] = SERVICES) -> dict[str, Record]:
     for name in already:
         if name in names:
             print(f"{name:<18} already running (pid {already[name].pid})")
+    deadline = time.monotonic() + stack.stack.start_timeout_seconds
+    # The API loads the Production model at startup: it comes after the tracking server answers
+    # (else it starts not ready and waits for its next registry poll).
+    waves = [[s for s in services if s.name != "api"], [s for s in services if s.name == "api"]]
     try:
-        for service in services:
-            started[service.name] = start(stack, service, env)
-        deadline = time.monotonic() + stack.stack.start_timeout_seconds
-        for service in services:
-            wait_ready(stack, service, started[service.name], deadline)
-            pid = started[service.name].pid
-            print(f"{service.name:<18} pid {pid:<8} {service.ready_url or ''}")
+        for wave in waves:
+            for service in wave:
+                started[service.name] = start(stack, service, env)
+            for service in wave:
+                wait_ready(stack, service, started[service.name], deadline)
+                pid = started[service.name].pid
+                print(f"{service.name:<18} pid {pid:<8} {service.ready_url or ''}")
     except BaseException:
         stop_records(stack, list(started.values()))
         raise
