@@ -139,6 +139,12 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_until(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -163,14 +169,18 @@ def build_stores(seeds: Path, data_dir: Path, env: dict[str, str]) -> None:
     )
 
 
-def run_case(client: str, port: int, path: str, users: Path | None, concurrency: int, args) -> dict:
+def run_case(
+    client: str, port: int, path: str, users: Path | None, concurrency: int, args, pid: int
+) -> dict:
     command = [sys.executable, __file__, "--load", "--clients", client]
     command += ["--port", str(port), "--path", path]
     command += ["--concurrency", str(concurrency), "--requests", str(args.requests)]
     command += ["--warmup", str(args.warmup)]
     if users is not None:
         command += ["--method", "POST", "--user-ids", str(users)]
+    cpu_before = cpu_seconds(pid)
     done = subprocess.run(command, capture_output=True, text=True)
+    cpu = cpu_seconds(pid) - cpu_before
     if done.returncode:
         raise SystemExit(f"load generator failed on {path}:\n{done.stderr}")
     result = json.loads(done.stdout)
@@ -185,6 +195,8 @@ def run_case(client: str, port: int, path: str, users: Path | None, concurrency:
         "p99": percentile(0.99),
         "rps": len(latencies) / result["wall"],
         "errors": len(result["errors"]),
+        # Server CPU per request (warm-up included): what a request costs, whatever the wait.
+        "cpu_us": cpu / (args.requests + args.warmup) * 1e6,
     }
 
 
@@ -271,7 +283,7 @@ def main() -> None:
                     (TEXTBOOK, textbook_port, "/predict", users_file, textbook.pid),
                 ]
                 for name, port, path, users, pid in cases:
-                    result = run_case(client, port, path, users, concurrency, args)
+                    result = run_case(client, port, path, users, concurrency, args, pid)
                     rss, peak = memory_mb(pid)
                     rows.append(
                         {"client": client, "case": name, "concurrency": concurrency, **result}
@@ -280,7 +292,8 @@ def main() -> None:
                     print(
                         f"{client:<5} c={concurrency:<3} {name:<24} p50 {result['p50']:7.2f} ms  "
                         f"p95 {result['p95']:7.2f}  p99 {result['p99']:7.2f}  "
-                        f"{result['rps']:8.1f} req/s  errors {result['errors']}  RSS {rss:.0f} MB",
+                        f"{result['rps']:8.1f} req/s  CPU {result['cpu_us']:7.0f} us/req  "
+                        f"errors {result['errors']}  RSS {rss:.0f} MB",
                         flush=True,
                     )
         report = render(rows, args, startup, startup_rss, (load_before, os.getloadavg()[0]))
@@ -309,14 +322,15 @@ def render(
         f"{load_avg[0]:.1f} before and {load_avg[1]:.1f} after the run (the machine is shared "
         "with other work, whose load lands on every case).",
         "",
-        "| client | concurrency | case | p50 ms | p95 ms | p99 ms | req/s | errors | "
-        "server RSS MB |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| client | concurrency | case | p50 ms | p95 ms | p99 ms | req/s | server CPU µs/req | "
+        "errors | server RSS MB |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['client']} | {r['concurrency']} | {r['case']} | {r['p50']:.2f} | "
-            f"{r['p95']:.2f} | {r['p99']:.2f} | {r['rps']:,.1f} | {r['errors']} | {r['rss']:.0f} |"
+            f"{r['p95']:.2f} | {r['p99']:.2f} | {r['rps']:,.1f} | {r['cpu_us']:,.0f} | "
+            f"{r['errors']} | {r['rss']:.0f} |"
         )
     lines += [
         "",
