@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     alert_webhook_backoff_seconds: float = 1.0
     dagster_ui_url: str = "http://127.0.0.1:3000"
 
+    @field_validator("freshness_max_age_days", "alert_sink", "alert_webhook_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Compose passes an unset `${VAR:-}` on as an empty string, which means "not set".
+        return None if value == "" else value
+
     @property
     def alert_destination(self) -> AlertSink:
         if self.alert_sink:

@@ -74,7 +74,7 @@ def _alert_sink(settings: Settings) -> AlertSinkResource:
         return LogAlertSink()
     if destination == "jsonl":
         return JsonlAlertSink(path=str(settings.alerts_path))
-    if settings.alert_webhook_url is None:
+    if not settings.alert_webhook_url:
         raise ValueError("STREAMFLOW_ALERT_SINK=webhook needs STREAMFLOW_ALERT_WEBHOOK_URL")
     return WebhookAlertSink(
         # Read from the environment when the sensor runs, so the UI shows the variable's name

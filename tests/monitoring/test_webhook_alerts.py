@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from dagster import DagsterInstance
 
 from streamflow_assets.core.alerts import Alert, post_json
 from streamflow_assets.resources import build_resources
-from streamflow_assets.resources.monitoring import WebhookAlertSink
+from streamflow_assets.resources.monitoring import JsonlAlertSink, LogAlertSink, WebhookAlertSink
 from tests.monitoring.conftest import Receiver, Sensor, free_port, run_freshness_checks
 
 ALERT = Alert(
@@ -42,6 +43,14 @@ def test_the_webhook_url_alone_selects_the_webhook_sink(
     assert isinstance(sink["alerts"], WebhookAlertSink)
     jsonl = build_resources(settings_for(tmp_path, tmp_path))["alerts"]
     assert jsonl.path == str(tmp_path / "alerts.jsonl")
+    # docker compose passes an unset `${STREAMFLOW_ALERT_WEBHOOK_URL:-}` on as "".
+    unset = build_resources(settings_for(tmp_path, tmp_path, alert_webhook_url=""))["alerts"]
+    assert isinstance(unset, JsonlAlertSink)
+    assert isinstance(
+        build_resources(settings_for(tmp_path, tmp_path, alert_sink="log"))["alerts"], LogAlertSink
+    )
+    with pytest.raises(ValueError, match="STREAMFLOW_ALERT_WEBHOOK_URL"):
+        build_resources(settings_for(tmp_path, tmp_path, alert_sink="webhook"))
 
 
 def test_a_stale_store_posts_one_slack_compatible_message(
