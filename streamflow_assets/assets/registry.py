@@ -15,6 +15,7 @@ from streamflow_assets.core.promotion import Contender, decide
 from streamflow_assets.core.registry import PRODUCTION_ALIAS, PRODUCTION_STAGE, Registry, as_of_of
 from streamflow_assets.core.settings import get_settings
 from streamflow_assets.core.training import ForestParams, split
+from streamflow_assets.freshness import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import ModelRegistryResource, SnapshotsResource
 
@@ -36,6 +37,7 @@ def _auc_on(registry: Registry, version: ModelVersion, x_val, y_val) -> float:
     kinds={"mlflow"},
     partitions_def=monthly_partitions,
     deps=[churn_model],
+    freshness_policy=monthly_freshness_policy(),
 )
 def production_model(
     context: AssetExecutionContext,
