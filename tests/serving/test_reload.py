@@ -71,9 +71,10 @@ def test_a_promotion_is_picked_up_within_the_interval(data_dir_copy: Path) -> No
         assert model["partition"] == "2024-01"
         predicted = client.post("/predict", json={"user_id": KNOWN_USER}).json()
         assert predicted["model"]["version"] == other
-        metrics = client.get("/metrics").text
-        assert f"streamflow_model_version {float(other)}" in metrics
-        assert 'streamflow_model_reloads_total{outcome="loaded"} 2.0' in metrics
+        # The poller counts the load once it has returned, a moment after the swap /model shows.
+        loaded = 'streamflow_model_reloads_total{outcome="loaded"} 2.0'
+        predict_until(client, lambda: loaded in client.get("/metrics").text, PICKUP)
+        assert f"streamflow_model_version {float(other)}" in client.get("/metrics").text
 
 
 def test_an_alias_move_is_picked_up(data_dir_copy: Path) -> None:
