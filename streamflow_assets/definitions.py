@@ -1,6 +1,6 @@
 """The Dagster code location: every asset, check, job, sensor and resource of StreamFlow."""
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from streamflow_assets.assets.features import (
     feature_registry,
@@ -46,6 +46,11 @@ def build_definitions(settings: Settings) -> Definitions:
         schedules=[build_freshness_schedule(settings)],
         sensors=[new_seed_month_sensor, *freshness_sensors],
         resources=build_resources(settings),
+        # One process per run rather than per step: every step process would re-import Feast,
+        # MLflow and scikit-learn (about 10 s each), which made a two-month backfill launched
+        # from the UI take 12-17 minutes instead of 3.5 on two cores. Scale out per run instead
+        # (a run launcher), or override the executor in a run's config.
+        executor=in_process_executor,
     )
 
 

@@ -54,7 +54,7 @@ def feature_registry(feature_store: FeatureStoreResource) -> MaterializeResult:
 
 @asset(
     group_name="features",
-    kinds={"feast", "sqlite"},
+    kinds={"feast"},
     partitions_def=monthly_partitions,
     deps=[feature_registry, *_FEATURE_TABLES],
     freshness_policy=monthly_freshness_policy(),
@@ -107,7 +107,7 @@ def content_hash(df: pd.DataFrame) -> str:
 
 @asset(
     group_name="features",
-    kinds={"feast", "parquet"},
+    kinds={"feast", "pandas"},
     partitions_def=monthly_partitions,
     deps=[feature_registry, LABELS_TABLE, *_FEATURE_TABLES],
 )

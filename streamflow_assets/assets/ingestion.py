@@ -54,7 +54,7 @@ def _preview(df: pd.DataFrame) -> MetadataValue:
             table.snapshot,
             description=_DESCRIPTIONS[table.snapshot],
             group_name="ingestion",
-            kinds={"pandas", "parquet"},
+            kinds={"pandas"},
             metadata={"source_file": table.file},
         )
         for table in TABLES

@@ -207,10 +207,7 @@ def backfill(native_stack: NativeStack) -> dict:
         "partitionNames": MONTHS,
         "assetSelection": [{"path": node["assetKey"]["path"]} for node in nodes],
         "title": "e2e: 2024-01..2024-02",
-        # The launchpad's executor choice: every step in the run's own process. The default
-        # starts a process per step, each importing Feast, MLflow and scikit-learn again, which
-        # on two cores costs several times the work itself.
-        "runConfigData": {"execution": {"config": {"in_process": {}}}},
+        # No run config: what the button launches, with the code location's default executor.
     }
     launched = native_stack.graphql(LAUNCH_BACKFILL, params=params)["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
