@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import psycopg
@@ -17,6 +18,9 @@ import pytest
 from psycopg import sql
 
 from streamflow_assets.core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = ["local", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -105,3 +109,24 @@ def profile(name: str, data_dir: Path, seeds: Path) -> Iterator[Settings]:
         get_settings.cache_clear()
         stack.callback(get_settings.cache_clear)
         yield get_settings()
+
+
+@contextlib.contextmanager
+def built_pipeline(
+    name: str, data_dir: Path, seeds: Path, assets: list[str] | None = None
+) -> Iterator[tuple[Settings, DagsterInstance]]:
+    """Both real months through the monthly pipeline (or just `assets`) under one profile."""
+    from dagster import instance_for_test
+
+    from streamflow_assets.definitions import build_definitions
+    from streamflow_assets.pipeline import run_months
+
+    with profile(name, data_dir, seeds) as settings, instance_for_test() as instance:
+        outcomes = run_months(
+            ["2024-01", "2024-02"],
+            defs=build_definitions(settings),
+            instance=instance,
+            assets=assets,
+        )
+        assert all(o.success for o in outcomes), [o.error for o in outcomes]
+        yield settings, instance

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote
 
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -108,15 +107,6 @@ class Settings(BaseSettings):
         if self.profile == "postgres":
             return "http://127.0.0.1:5000"
         return f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
-
-    @property
-    def postgres_dsn(self) -> str:
-        """libpq connection string of the StreamFlow database (psycopg and SQLAlchemy alike)."""
-        password = quote(self.postgres_password.get_secret_value(), safe="")
-        auth = (
-            f"{quote(self.postgres_user, safe='')}:{password}" if password else self.postgres_user
-        )
-        return f"postgresql://{auth}@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
 
     @property
     def mlflow_artifact_location(self) -> str | None:

@@ -21,7 +21,7 @@ from streamflow_assets.core.features import FEATURE_NAMES, FEATURES, JOIN_KEY, m
 from streamflow_assets.core.seeds import TABLES
 from streamflow_assets.core.settings import Settings, get_settings
 from streamflow_assets.resources import build_resources
-from tests.profiles import PROFILES, profile
+from tests.profiles import PROFILES, built_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 USER = "7590-VHVEG"
@@ -52,21 +52,9 @@ def built(
 ) -> Iterator[Built]:
     """Both real months through snapshots, registry, online store and training datasets, once
     per profile: the same assertions hold for the local and the postgres stores."""
-    from dagster import instance_for_test
-
-    from streamflow_assets.definitions import build_definitions
-    from streamflow_assets.pipeline import run_months
-
     data_dir = tmp_path_factory.mktemp(f"features-{request.param}")
-    with profile(request.param, data_dir, real_seeds) as settings, instance_for_test() as instance:
-        outcomes = run_months(
-            ["2024-01", "2024-02"],
-            defs=build_definitions(settings),
-            instance=instance,
-            assets=FEATURE_ASSETS,
-        )
-        assert all(o.success for o in outcomes), [o.error for o in outcomes]
-        yield Built(settings, instance, real_seeds)
+    with built_pipeline(request.param, data_dir, real_seeds, FEATURE_ASSETS) as (settings, dagster):
+        yield Built(settings, dagster, real_seeds)
 
 
 def csv_features(seeds: Path, folder: str, user_id: str) -> dict[str, object]:

@@ -17,9 +17,8 @@ from streamflow_assets.core.compiled import ONNX_FILE, CompiledModel
 from streamflow_assets.core.features import LABEL, to_model_frame
 from streamflow_assets.core.registry import MODEL_NAME, PRODUCTION_ALIAS, PRODUCTION_STAGE
 from streamflow_assets.core.settings import Settings
-from streamflow_assets.pipeline import MonthOutcome
 from streamflow_assets.resources import build_resources
-from tests.profiles import PROFILES, profile
+from tests.profiles import PROFILES, built_pipeline
 
 LINEAGE_TAGS = {"partition", "as_of", "dataset_hash", "feature_service", "dagster_run_id"}
 
@@ -28,7 +27,6 @@ LINEAGE_TAGS = {"partition", "as_of", "dataset_hash", "feature_service", "dagste
 class Built:
     settings: Settings
     instance: DagsterInstance
-    outcomes: list[MonthOutcome]
     cwd: Path
     client: MlflowClient
 
@@ -39,24 +37,13 @@ def built(
 ) -> Iterator[Built]:
     """The whole pipeline for 2024-01 then 2024-02, once per profile, run from an unrelated
     working directory (MLflow must not drop a ./mlruns there)."""
-    from dagster import instance_for_test
-
-    from streamflow_assets.definitions import build_definitions
-    from streamflow_assets.pipeline import run_months
-
     data_dir = tmp_path_factory.mktemp(f"model-{request.param}")
     cwd = tmp_path_factory.mktemp("cwd")
-    with (
-        profile(request.param, data_dir, real_seeds) as settings,
-        pytest.MonkeyPatch.context() as env,
-        instance_for_test() as instance,
-    ):
+    with pytest.MonkeyPatch.context() as env:
         env.chdir(cwd)
-        outcomes = run_months(
-            ["2024-01", "2024-02"], defs=build_definitions(settings), instance=instance
-        )
-        assert all(o.success for o in outcomes), [o.error for o in outcomes]
-        yield Built(settings, instance, outcomes, cwd, MlflowClient(settings.tracking_uri))
+        with built_pipeline(request.param, data_dir, real_seeds) as (settings, dagster):
+            client = MlflowClient(settings.tracking_uri)
+            yield Built(settings, dagster, cwd, client)
 
 
 def versions(client: MlflowClient) -> list:
