@@ -58,6 +58,10 @@ MAX_MONTHS = 1000
 
 ID_LETTERS = 26**5
 ID_SPACE = 10_000 * ID_LETTERS
+PINNED_ID = "7590-VHVEG"
+PINNED_CODE = int(PINNED_ID[:4]) * ID_LETTERS + sum(
+    (ord(letter) - 65) * 26**power for power, letter in enumerate(reversed(PINNED_ID[5:]))
+)
 
 GENDERS = ("Female", "Male")
 CONTRACTS = ("Month-to-month", "One year", "Two year")
@@ -205,6 +209,15 @@ class _IdPermutation:
                 return cls(a, int(rng.integers(0, ID_SPACE)), keys)
 
     def codes(self, index: np.ndarray) -> np.ndarray:
+        # User 0 takes the real seeds' first id, so the documented examples (7590-VHVEG) work on
+        # generated seeds too; the index the map would give that id takes user 0's instead,
+        # which keeps the map a bijection.
+        natural = self._scrambled(index)
+        first = self._scrambled(np.zeros(1, dtype=np.int64))[0]
+        swapped = np.where(natural == PINNED_CODE, first, natural)
+        return np.where(index == 0, PINNED_CODE, swapped)
+
+    def _scrambled(self, index: np.ndarray) -> np.ndarray:
         code = (self.a * index.astype(np.int64) + self.b) % ID_SPACE
         digits, letters = np.divmod(code, ID_LETTERS)
         # Multiplicative hashes; operands stay below 2**24 * 2**32, inside int64.

@@ -265,3 +265,27 @@ def test_summary_describes_the_run(tmp_path: Path) -> None:
     assert summary.months[1].signups > 0 and summary.months[1].departures > 0
     assert summary.bytes_written == sum(p.stat().st_size for p in tmp_path.rglob("*.csv"))
     assert "month_001" in str(summary)
+
+
+def test_the_first_user_is_the_real_seeds_first_so_documented_examples_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamflow_assets.core.generator import PINNED_CODE, PINNED_ID, _IdPermutation
+
+    generate_seeds(tmp_path / "seeds", users=500, months=1, seed=3)
+    with open(tmp_path / "seeds" / "month_000" / "users.csv") as handle:
+        ids = [line.split(",")[0] for line in handle.read().splitlines()[1:]]
+    assert ids[0] == PINNED_ID
+    assert len(set(ids)) == len(ids)
+    # The swap keeps the map a bijection even for an index whose own id would be the pinned one.
+    permutation = _IdPermutation.for_seed(3)
+    scrambled = _IdPermutation._scrambled
+
+    def drawing_the_pinned_id(self, index):
+        return np.where(index == 12_345, PINNED_CODE, scrambled(self, index))
+
+    monkeypatch.setattr(_IdPermutation, "_scrambled", drawing_the_pinned_id)
+    codes = permutation.codes(np.arange(200_000))
+    assert codes[0] == PINNED_CODE
+    assert codes[12_345] == scrambled(permutation, np.zeros(1))[0]
+    assert len(np.unique(codes)) == len(codes)
