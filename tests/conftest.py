@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Before anything imports `feast.metrics`: that module sets PROMETHEUS_MULTIPROCESS_DIR on import,
+# and a prometheus_client imported after it keeps metric values in files keyed by metric name, so
+# every API app a test creates would start from the counters of the apps before it. A server
+# process imports prometheus_client (serving.metrics) before Feast's metrics too.
+import prometheus_client  # noqa: F401, I001
 import pytest
 
 from streamflow_assets.core.settings import Settings, get_settings
@@ -20,6 +25,13 @@ if TYPE_CHECKING:
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_SEEDS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "seeds").resolve()
 REAL_MONTHS = ("month_000", "month_001")
+
+
+def child_env(**variables: str) -> dict[str, str]:
+    """The environment of a child process: this one's without a developer's STREAMFLOW_* and
+    DAGSTER_* and without the multiprocess directory `feast.metrics` set, plus `variables`."""
+    inherited = ("STREAMFLOW_", "DAGSTER_", "PROMETHEUS_MULTIPROC")
+    return {k: v for k, v in os.environ.items() if not k.startswith(inherited)} | variables
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ Every month runs the whole monthly job (features, training, promotion), hence `s
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -16,6 +15,7 @@ from dagster import DagsterInstance, DagsterRunStatus
 from streamflow_assets.core import months
 from streamflow_assets.core.seeds import TABLES
 from streamflow_assets.core.snapshots import ParquetSnapshotStore
+from tests.conftest import child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STREAMFLOW = REPO_ROOT / ".venv" / "bin" / "streamflow"
@@ -24,8 +24,7 @@ SUMMARY = re.compile(r"^(\d{4}-\d{2})\s+(ok|FAILED)\s.*\brun ([0-9a-f]{8})$")
 
 def streamflow(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     """Run the CLI with STREAMFLOW_DATA_DIR set and no DAGSTER_HOME, beside the data dir."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMFLOW_", "DAGSTER_"))}
-    env["STREAMFLOW_DATA_DIR"] = str(data_dir)
+    env = child_env(STREAMFLOW_DATA_DIR=str(data_dir))
     return subprocess.run(
         [str(STREAMFLOW), *args],
         cwd=data_dir.parent,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,15 +10,16 @@ import pytest
 from dagster import AssetKey, Definitions
 
 from streamflow_assets.core.seeds import TABLES
+from tests.conftest import child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT_KEYS = {AssetKey(t.snapshot) for t in TABLES}
 
 
 def clean_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMFLOW_", "DAGSTER_"))}
-    env["STREAMFLOW_DATA_DIR"] = str(tmp_path / "data")
-    env["DAGSTER_HOME"] = str(tmp_path / "dagster_home")
+    env = child_env(
+        STREAMFLOW_DATA_DIR=str(tmp_path / "data"), DAGSTER_HOME=str(tmp_path / "dagster_home")
+    )
     (tmp_path / "dagster_home").mkdir()
     return env
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from streamflow_assets.core.features import FEATURE_NAMES, FEATURES, JOIN_KEY, m
 from streamflow_assets.core.seeds import TABLES
 from streamflow_assets.core.settings import Settings, get_settings
 from streamflow_assets.resources import build_resources
+from tests.conftest import child_env
 from tests.profiles import PROFILES, built_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -178,8 +178,7 @@ def test_feast_cli_works_and_writes_what_the_asset_writes(built: Built, tmp_path
         for file in (snapshots / table).glob("*.parquet"):
             (other / "snapshots" / table / file.name).write_bytes(file.read_bytes())
     (other / "feast").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMFLOW_")}
-    env["STREAMFLOW_DATA_DIR"] = str(other)
+    env = child_env(STREAMFLOW_DATA_DIR=str(other))
     feast = [str(REPO / ".venv" / "bin" / "feast")]
 
     def run(*args: str) -> str:

@@ -20,6 +20,7 @@ import pytest
 
 from streamflow_assets.core.settings import Settings
 from streamflow_assets.stack import _group_alive, create_databases, drop_databases
+from tests.conftest import child_env
 from tests.e2e.browser import CHROMIUM, chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -147,9 +148,8 @@ def native_stack(
     stem = f"streamflow_e2e_{uuid.uuid4().hex[:10]}"
     databases = {role: f"{stem}_{role}" for role in ("streamflow", "mlflow", "dagster")}
     ports = {name: _free_port() for name in ("mlflow", "dagster", "api")}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMFLOW_", "DAGSTER_"))}
-    env.update(
-        {
+    env = child_env(
+        **{
             "STREAMFLOW_PROFILE": "postgres",
             "STREAMFLOW_DATA_DIR": str(data_dir),
             "STREAMFLOW_SEEDS_DIR": str(real_seeds),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -10,14 +9,14 @@ from pathlib import Path
 import pytest
 
 from streamflow_assets.cli import main
+from tests.conftest import child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STREAMFLOW = REPO_ROOT / ".venv" / "bin" / "streamflow"
 
 
 def start(data_dir: Path, seeds_dir: Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMFLOW_", "DAGSTER_"))}
-    env |= {"STREAMFLOW_DATA_DIR": str(data_dir), "STREAMFLOW_SEEDS_DIR": str(seeds_dir)}
+    env = child_env(STREAMFLOW_DATA_DIR=str(data_dir), STREAMFLOW_SEEDS_DIR=str(seeds_dir))
     return subprocess.Popen(
         [str(STREAMFLOW), "freshness"],
         cwd=data_dir.parent,

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from serving.settings import ServingSettings
+from tests.conftest import child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STREAMFLOW = REPO_ROOT / ".venv" / "bin" / "streamflow"
@@ -64,10 +65,8 @@ def data_dir_copy(pipeline_data_dir: Path, tmp_path: Path) -> Path:
 
 def clean_env(data_dir: Path, **settings: object) -> dict[str, str]:
     """The environment of a child process: no STREAMFLOW_*/DAGSTER_* but the ones given."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("STREAMFLOW_", "DAGSTER_"))}
-    env["STREAMFLOW_DATA_DIR"] = str(data_dir)
-    env.update({f"STREAMFLOW_{name.upper()}": str(value) for name, value in settings.items()})
-    return env
+    named = {f"STREAMFLOW_{name.upper()}": str(value) for name, value in settings.items()}
+    return child_env(STREAMFLOW_DATA_DIR=str(data_dir), **named)
 
 
 def free_port() -> int:
