@@ -145,7 +145,7 @@ def churn_model(
         "as_of": as_of.date().isoformat(),
         "dataset_hash": dataset_hash,
         "feature_service": FEATURE_SERVICE,
-        "dagster_run_id": context.run_id,
+        "dagster_run_id": context.run.run_id,
         "mlflow_run_id": run_id,
         "val_auc": round(trained.metrics["val_auc"], 6),
     }
