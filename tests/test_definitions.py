@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from dagster import AssetKey, Definitions
 
 from streamflow_assets.core.seeds import TABLES
@@ -109,3 +111,22 @@ def test_package_and_core_modules_import_without_dagster(tmp_path: Path) -> None
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert int(result.stdout.split()[0]) >= 4, "seeds, months, settings, snapshots at least"
+
+
+@pytest.mark.parametrize("config", ["dagster.yaml", "dagster.postgres.yaml"])
+def test_both_instances_run_two_at_a_time_and_promote_one_at_a_time(config: str) -> None:
+    settings = yaml.safe_load((REPO_ROOT / config).read_text())
+    assert settings["concurrency"] == {
+        "runs": {"max_concurrent_runs": 2},
+        "pools": {"default_limit": 1},
+    }
+
+
+def test_dagster_accepts_the_local_instance_config(tmp_path: Path) -> None:
+    from dagster import DagsterInstance
+
+    shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path)
+    with DagsterInstance.from_config(str(tmp_path)) as instance:
+        concurrency = instance.get_concurrency_config()
+    assert concurrency.pool_config.default_pool_limit == 1
+    assert concurrency.run_queue_config.max_concurrent_runs == 2

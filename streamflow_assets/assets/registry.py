@@ -19,6 +19,10 @@ from streamflow_assets.freshness import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import ModelRegistryResource, SnapshotsResource
 
+# One slot (the instance's pool default_limit): two runs of a backfill never decide at once, so
+# an older month cannot move Production back after a newer month's promotion it did not see.
+PROMOTION_POOL = "mlflow_promotion"
+
 
 class PromotionConfig(Config):
     """How much AUC a candidate must gain over the champion; defaults to the setting."""
@@ -38,6 +42,7 @@ def _auc_on(registry: Registry, version: ModelVersion, x_val, y_val) -> float:
     partitions_def=monthly_partitions,
     deps=[churn_model],
     freshness_policy=monthly_freshness_policy(),
+    pool=PROMOTION_POOL,
 )
 def production_model(
     context: AssetExecutionContext,

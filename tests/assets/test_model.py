@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,3 +173,31 @@ def test_the_month_labels_are_what_the_model_was_scored_on(built: Built) -> None
     merged = dataset[["user_id", LABEL]].merge(labels[["user_id", LABEL]], on="user_id")
     assert len(merged) == 7043
     assert (merged[f"{LABEL}_x"] == merged[f"{LABEL}_y"]).all()
+
+
+def test_promotions_of_concurrent_runs_take_turns(built: Built) -> None:
+    """While another run holds the promotion pool's one slot, production_model waits for it."""
+    from streamflow_assets.assets.registry import PROMOTION_POOL
+    from streamflow_assets.definitions import build_definitions
+
+    storage = built.instance.event_log_storage
+    storage.set_concurrency_slots(PROMOTION_POOL, 1)  # what the instance's pools default_limit sets
+    other_run = "a-concurrent-backfill-run"
+    assert storage.claim_concurrency_slot(PROMOTION_POOL, other_run, "production_model").is_claimed
+    hold = 3.0
+    release = threading.Timer(hold, storage.free_concurrency_slots_for_run, [other_run])
+    job = build_definitions(built.settings).resolve_job_def("monthly_pipeline")
+    started = time.monotonic()
+    release.start()
+    try:
+        result = job.execute_in_process(
+            partition_key="2024-02",
+            instance=built.instance,
+            asset_selection=[AssetKey("production_model")],
+        )
+    finally:
+        release.cancel()
+    assert result.success
+    assert time.monotonic() - started >= hold
+    messages = [event.message or "" for event in result.all_events]
+    assert f"Step blocked by limit for pool {PROMOTION_POOL}" in messages
