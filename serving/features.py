@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
+import numpy as np
 from feast import FeatureStore
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.sqlite import (
@@ -19,7 +20,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
 
-from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_SERVICE, JOIN_KEY
+from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_SERVICE, FEATURES, JOIN_KEY
 
 FeatureValue = int | float | bool | str | None
 
@@ -47,7 +48,12 @@ class OnlineFeatures:
         ]
 
     def row(self, i: int) -> dict[str, FeatureValue]:
-        return {name: self.values[name][i] for name in FEATURE_NAMES}
+        """User i's features for a response: Float32 values as their shortest decimal."""
+        row = {name: self.values[name][i] for name in FEATURE_NAMES}
+        for name in _FLOAT32:
+            if row[name] is not None:
+                row[name] = _shortest(row[name])
+        return row
 
     def view_times(self, i: int) -> dict[str, datetime | None]:
         return {view: times[i] for view, times in self.event_times.items()}
@@ -72,6 +78,17 @@ def is_stale(as_of: datetime, now: datetime, max_age: timedelta | None) -> bool:
 @lru_cache(maxsize=1 << 16)
 def _decode(value: bytes) -> FeatureValue:
     return feast_value_type_to_python_type(ValueProto.FromString(value))
+
+
+_FLOAT32 = frozenset(f.name for f in FEATURES if f.dtype == "Float32")
+
+
+# Feast returns a Float32 value widened to a Python float (68.4 comes back as 68.4000015258789);
+# responses show the shortest decimal with the same float32, which is the source value. The model
+# reads the widened value (`columns`), as in training: both are the same float32.
+@lru_cache(maxsize=1 << 16)
+def _shortest(value: float) -> float:
+    return float(str(np.float32(value)))
 
 
 @lru_cache(maxsize=1 << 10)

@@ -15,7 +15,8 @@ UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 _PYTHON_TYPES = {"Int64": int, "Float32": float, "Bool": bool, "String": str}
 
 # The 14 features with their served types, from the shared spec; None is an empty value (a
-# stream flag of a user without internet service). Float32 features carry Feast's float32 value.
+# stream flag of a user without internet service). A Float32 feature shows the shortest decimal
+# of Feast's float32 value: the source value.
 UserFeatures = create_model(
     "UserFeatures",
     __doc__="A user's online feature values, as Feast serves them and the model reads them.",
