@@ -120,6 +120,9 @@ def test_both_instances_run_two_at_a_time_and_promote_one_at_a_time(config: str)
         "runs": {"max_concurrent_runs": 2},
         "pools": {"default_limit": 1},
     }
+    # The daemon gives back the slot of a run that ended without freeing it.
+    assert settings["run_monitoring"]["enabled"] is True
+    assert settings["run_monitoring"]["free_slots_after_run_end_seconds"] == 60
 
 
 def test_dagster_accepts_the_local_instance_config(tmp_path: Path) -> None:
@@ -128,5 +131,7 @@ def test_dagster_accepts_the_local_instance_config(tmp_path: Path) -> None:
     shutil.copy(REPO_ROOT / "dagster.yaml", tmp_path)
     with DagsterInstance.from_config(str(tmp_path)) as instance:
         concurrency = instance.get_concurrency_config()
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 60
     assert concurrency.pool_config.default_pool_limit == 1
     assert concurrency.run_queue_config.max_concurrent_runs == 2
