@@ -36,9 +36,13 @@ def best_cpu_us(call: Callable[[], object]) -> float:
 
 
 def asgi_call(app, method: str, path: str, bodies: itertools.cycle) -> Callable[[], None]:
-    """One request through the whole ASGI app, as uvicorn would hand it over."""
+    """One request through the whole ASGI app, as uvicorn would hand it over.
 
-    async def call() -> None:
+    Nothing in the exchange waits (the body is in memory, the response goes nowhere), so the
+    coroutine runs to its end on its first step, without a round trip through the event loop.
+    """
+
+    async def exchange() -> None:
         body = next(bodies) if method == "POST" else b""
         scope = {
             "type": "http",
@@ -68,6 +72,15 @@ def asgi_call(app, method: str, path: str, bodies: itertools.cycle) -> Callable[
 
         await app(scope, receive, send)
 
+    def call() -> None:
+        coroutine = exchange()
+        try:
+            coroutine.send(None)
+        except StopIteration:
+            return
+        coroutine.close()
+        raise RuntimeError(f"{method} {path} waited: this measurement assumes it never does")
+
     return call
 
 
@@ -77,21 +90,12 @@ async def measure_app(users: list[str]) -> dict[str, float]:
 
     app = create_app(ServingSettings(reload_interval_seconds=0))
     bodies = itertools.cycle([json.dumps({"user_id": u}).encode() for u in users])
-    figures = {}
+    # One request after another, as from a single keep-alive client.
     async with app.router.lifespan_context(app):
-        for method, path in (("GET", "/health"), ("POST", "/predict")):
-            call = asgi_call(app, method, path, bodies)
-            # Awaited one after another, as from a single keep-alive client.
-            for _ in range(300):
-                await call()
-            rounds = []
-            for _ in range(ROUNDS):
-                started = time.process_time()
-                for _ in range(CALLS):
-                    await call()
-                rounds.append((time.process_time() - started) / CALLS * 1e6)
-            figures[f"{method} {path} (whole app)"] = min(rounds)
-    return figures
+        return {
+            f"{method} {path} (whole app)": best_cpu_us(asgi_call(app, method, path, bodies))
+            for method, path in (("GET", "/health"), ("POST", "/predict"))
+        }
 
 
 def measure_parts(users: list[str]) -> dict[str, float]:
