@@ -14,7 +14,7 @@ from streamflow_assets.core import months
 from streamflow_assets.core.promotion import Contender, decide
 from streamflow_assets.core.registry import PRODUCTION_ALIAS, PRODUCTION_STAGE, Registry, as_of_of
 from streamflow_assets.core.settings import get_settings
-from streamflow_assets.core.training import ForestParams, split
+from streamflow_assets.core.training import ModelParams, split
 from streamflow_assets.freshness import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import ModelRegistryResource, SnapshotsResource
@@ -62,7 +62,7 @@ def production_model(
     # Both are judged on the candidate month's held-out rows, re-drawn exactly as in training.
     dataset = snapshots.store().read(TRAINING_TABLE, months.as_of(key)).drop(columns=["as_of"])
     trained_with = registry.client.get_run(candidate.run_id).data.params
-    params = ForestParams(
+    params = ModelParams(
         validation_size=float(trained_with["validation_size"]),
         random_state=int(trained_with["random_state"]),
     )

@@ -38,7 +38,7 @@ from streamflow_assets.core.features import (
 from streamflow_assets.core.registry import MODEL_NAME
 from streamflow_assets.core.settings import get_settings
 from streamflow_assets.core.training import (
-    ForestParams,
+    ModelParams,
     confusion_matrix_png,
     roc_curve_png,
     to_onnx,
@@ -62,14 +62,16 @@ CHECK_SAMPLE = 1000
 
 
 class ChurnModelConfig(Config):
-    """Hyperparameters of the forest; override them at launch in the Dagster UI."""
+    """Hyperparameters of the model; override them at launch in the Dagster UI."""
 
-    n_estimators: int = ForestParams.n_estimators
-    min_samples_leaf: int = ForestParams.min_samples_leaf
-    max_depth: int | None = ForestParams.max_depth
-    class_weight: str | None = ForestParams.class_weight
-    random_state: int = ForestParams.random_state
-    validation_size: float = ForestParams.validation_size
+    learning_rate: float = ModelParams.learning_rate
+    max_iter: int = ModelParams.max_iter
+    max_leaf_nodes: int = ModelParams.max_leaf_nodes
+    min_samples_leaf: int = ModelParams.min_samples_leaf
+    l2_regularization: float = ModelParams.l2_regularization
+    class_weight: str | None = ModelParams.class_weight
+    random_state: int = ModelParams.random_state
+    validation_size: float = ModelParams.validation_size
 
 
 def _image(png: bytes, title: str) -> str:
@@ -103,7 +105,7 @@ def churn_model(
     key = context.partition_key
     as_of = months.as_of(key)
     dataset = snapshots.store().read(TRAINING_TABLE, as_of).drop(columns=["as_of"])
-    params = ForestParams(**config.model_dump())
+    params = ModelParams(**config.model_dump())
     trained = train(dataset, params)
     onnx_model = to_onnx(trained.pipeline, trained.split.x_val)
     # Imported here: skops takes seconds to load, and only this step needs it.
