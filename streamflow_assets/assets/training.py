@@ -40,6 +40,7 @@ from streamflow_assets.core.settings import get_settings
 from streamflow_assets.core.training import (
     ModelParams,
     confusion_matrix_png,
+    one_thread,
     roc_curve_png,
     to_onnx,
     train,
@@ -191,7 +192,8 @@ def candidate_scores_online_features(
     online = read_online(feature_store.open(), sample[JOIN_KEY].tolist())
     known = online[[f.name for f in FEATURES]].notna().any(axis=1).to_numpy()
     model = mlflow_pyfunc.load_model(f"models:/{MODEL_NAME}/{candidate.version}")
-    probability = np.asarray(model.predict(to_model_frame(online[known])))[:, 1]
+    with one_thread():
+        probability = np.asarray(model.predict(to_model_frame(online[known])))[:, 1]
     y = sample[LABEL].astype(int).to_numpy()[known]
     auc = float(roc_auc_score(y, probability)) if len(set(y)) == 2 else float("nan")
     return AssetCheckResult(

@@ -23,6 +23,7 @@ from sklearn.metrics import (
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
+from threadpoolctl import threadpool_limits
 
 from streamflow_assets.core.compiled import CompiledModel
 from streamflow_assets.core.features import (
@@ -85,6 +86,16 @@ def build_pipeline(params: ModelParams) -> Pipeline:
     return Pipeline([("preprocess", preprocess), ("classifier", classifier)])
 
 
+def one_thread() -> threadpool_limits:
+    """Fit and score with one OpenMP thread, as a context manager.
+
+    StreamFlow scales out by runs and steps (a backfill runs two months at once, a celery worker
+    one step each); OpenMP threads on top of those oversubscribe the cores, and its idle threads
+    spin: at 100k users a fit on a loaded 2-core machine took 103 s with them and 12 s without.
+    """
+    return threadpool_limits(limits=1, user_api="openmp")
+
+
 @dataclass(frozen=True)
 class Split:
     x_train: pd.DataFrame
@@ -126,10 +137,11 @@ class TrainedModel:
 def train(dataset: pd.DataFrame, params: ModelParams) -> TrainedModel:
     data = split(dataset, params)
     pipeline = build_pipeline(params)
-    started = time.perf_counter()
-    pipeline.fit(data.x_train, data.y_train)
-    train_time = time.perf_counter() - started
-    probability = pipeline.predict_proba(data.x_val)[:, 1]
+    with one_thread():
+        started = time.perf_counter()
+        pipeline.fit(data.x_train, data.y_train)
+        train_time = time.perf_counter() - started
+        probability = pipeline.predict_proba(data.x_val)[:, 1]
     found = metrics(data.y_val, probability) | {"train_time_s": round(train_time, 3)}
     return TrainedModel(pipeline, data, probability, found)
 
@@ -150,7 +162,8 @@ def to_onnx(pipeline: Pipeline, check_on: pd.DataFrame) -> bytes:
         # Plain probability tensors instead of a list of dicts per row.
         options={id(pipeline.named_steps["classifier"]): {"zipmap": False}},
     ).SerializeToString()
-    expected = pipeline.predict_proba(check_on)[:, 1]
+    with one_thread():
+        expected = pipeline.predict_proba(check_on)[:, 1]
     actual = CompiledModel(compiled).predict_proba(check_on)
     worst = float(np.max(np.abs(actual - expected))) if len(expected) else 0.0
     if worst > ONNX_TOLERANCE:
