@@ -15,6 +15,7 @@ Prints a markdown report; `--save` writes it to bench/reports/scale.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -67,10 +68,8 @@ class TreeSampler(threading.Thread):
                 return
             rss = 0
             for process in processes:
-                try:
+                with contextlib.suppress(psutil.NoSuchProcess):
                     rss += process.memory_info().rss
-                except psutil.NoSuchProcess:
-                    pass
             self.samples.append((time.time(), rss))
             self._stop.wait(self.interval)
 
