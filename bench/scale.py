@@ -58,10 +58,10 @@ class TreeSampler(threading.Thread):
         self.root = psutil.Process(pid)
         self.interval = interval
         self.samples: list[tuple[float, int]] = []
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             try:
                 processes = [self.root, *self.root.children(recursive=True)]
             except psutil.NoSuchProcess:
@@ -71,10 +71,10 @@ class TreeSampler(threading.Thread):
                 with contextlib.suppress(psutil.NoSuchProcess):
                     rss += process.memory_info().rss
             self.samples.append((time.time(), rss))
-            self._stop.wait(self.interval)
+            self._done.wait(self.interval)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
     def peak(self, start: float = 0.0, end: float = float("inf")) -> int:

@@ -67,9 +67,8 @@ def online_features(
     """The month's features in Feast's online store; an older month never overwrites a newer one."""
     as_of = months.as_of(context.partition_key)
     tables = snapshots.store()
-    frames = {table: tables.read(table, as_of) for table in _FEATURE_TABLES}
     store = feature_store.open()
-    stats = materialize_month(store, frames, as_of)
+    stats = materialize_month(store, lambda table: tables.read(table, as_of), as_of)
     online = store._get_provider().online_store
     newest = {
         view: online.newest_event_time(store.config, store.get_feature_view(view)) for view in stats

@@ -24,8 +24,8 @@ from streamflow_assets.core.seeds import (
     TABLES,
     USERS,
     SeedTable,
-    cross_table_problems,
     stored_problems,
+    unknown_user_problems,
 )
 from streamflow_assets.jobs import monthly_pipeline
 from streamflow_assets.partitions import monthly_partitions
@@ -66,19 +66,27 @@ def monthly_snapshots(
 ):
     """Parse, validate and store one month of seeds; a bad file fails the month, writing nothing."""
     key = context.partition_key
-    frames = seeds.read_month(key)
     as_of = months.as_of(key)
-    snapshots.store().write_month(as_of, frames)
+    facts: dict[str, dict] = {}
+
+    def validated_tables():
+        # Each table is staged by the store as it comes and let go: one in memory at a time.
+        for table, df in seeds.iter_month(key):
+            facts[table] = {
+                "dagster/row_count": len(df),
+                "null_counts": {c: int(n) for c, n in df.isna().sum().items() if n},
+                "preview": _preview(df),
+            }
+            yield table, df
+
+    snapshots.store().write_month(as_of, validated_tables())
     for table in TABLES:
-        df = frames[table.snapshot]
         yield MaterializeResult(
             asset_key=table.snapshot,
             metadata={
-                "dagster/row_count": len(df),
+                **facts[table.snapshot],
                 "as_of": as_of.date().isoformat(),
                 "seeds_folder": str(seeds.folder(key)),
-                "null_counts": {c: int(n) for c, n in df.isna().sum().items() if n},
-                "preview": _preview(df),
             },
         )
 
@@ -98,7 +106,7 @@ def _contract_check(table: SeedTable):
         problems = stored_problems(table, df)
         if not problems and table is not USERS:
             users = store.read(USERS.snapshot, as_of)
-            problems = cross_table_problems({USERS.snapshot: users, table.snapshot: df})
+            problems = unknown_user_problems(table, df, users["user_id"])
         return AssetCheckResult(
             passed=not problems,
             metadata={"rows": len(df), "problems": MetadataValue.md(_bullets(problems))},

@@ -6,7 +6,7 @@ import contextlib
 import os
 import string
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -123,32 +123,30 @@ def _encoded(values: pd.Series, dtype: str) -> np.ndarray:
 
 
 def materialize_month(
-    store: FeatureStore, frames: dict[str, pd.DataFrame], as_of: datetime
+    store: FeatureStore, read_table: Callable[[str], pd.DataFrame], as_of: datetime
 ) -> dict[str, WriteStats]:
     """Write one month's snapshot rows into the online store, view by view.
 
     Reads nothing but the month's own rows (no scan of every month as `feast materialize` does),
-    and writes through the online store's guarded upsert, so older months never win. The Feast
-    registry records the materialized interval, as `feast materialize` would.
+    one source table at a time (`read_table`), and writes through the online store's guarded
+    upsert, so older months never win. The Feast registry records the materialized interval, as
+    `feast materialize` would.
     """
     online = store._get_provider().online_store
-    # Every view of a month holds the same users: serialize each key once, in sorted order, which
-    # is also the order that fills the online tables' B-trees in sequence.
-    users = pd.Index(
-        np.unique(
-            np.concatenate([frames[v.source_table][JOIN_KEY].to_numpy() for v in FEATURE_VIEWS])
-        )
-    )
-    keys = _entity_keys(users.to_numpy(), store.config.entity_key_serialization_version)
+    users, keys = None, None
     stats = {}
     for spec in FEATURE_VIEWS:
-        df = frames[spec.source_table]
-        order = np.argsort(users.get_indexer(df[JOIN_KEY]))
-        df = df.iloc[order]
+        # Sorted by user: the order that fills the online tables' B-trees in sequence.
+        df = read_table(spec.source_table).sort_values(JOIN_KEY, ignore_index=True)
+        ids = df[JOIN_KEY].to_numpy()
+        # The views of a month hold the same users: each key is serialized once, not per view.
+        if users is None or not np.array_equal(ids, users):
+            users = ids
+            keys = _entity_keys(ids, store.config.entity_key_serialization_version)
         view = store.get_feature_view(spec.name)
         values = {f.name: _encoded(df[f.name], f.dtype) for f in spec.features}
-        view_keys = keys[users.get_indexer(df[JOIN_KEY])]
-        stats[spec.name] = online.write_encoded(store.config, view, view_keys, values, as_of)
+        del df
+        stats[spec.name] = online.write_encoded(store.config, view, keys, values, as_of)
         store.registry.apply_materialization(
             view, store.project, as_of, as_of + timedelta(seconds=1), commit=True
         )

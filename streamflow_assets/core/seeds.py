@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -291,21 +291,13 @@ def stored_problems(table: SeedTable, df: pd.DataFrame) -> list[Problem]:
     return wrong or find_problems(table, df)
 
 
-def cross_table_problems(frames: Mapping[str, pd.DataFrame]) -> list[Problem]:
-    """Every user_id of a month's tables must exist in its users table."""
-    known = frames[USERS.snapshot]["user_id"]
-    problems = []
-    for table in TABLES[1:]:
-        df = frames.get(table.snapshot)
-        if df is None:
-            continue
-        orphan = ~_isin(df["user_id"], known)
-        if orphan.any():
-            message = f"user_id not in {USERS.file}"
-            problems.append(
-                Problem(table.file, "user_id", message, _examples(df, orphan, "user_id"))
-            )
-    return problems
+def unknown_user_problems(table: SeedTable, df: pd.DataFrame, users: pd.Series) -> list[Problem]:
+    """Every user_id of a month's table must exist in its users table (`users`: its user_ids)."""
+    orphan = ~_isin(df["user_id"], users)
+    if not orphan.any():
+        return []
+    message = f"user_id not in {USERS.file}"
+    return [Problem(table.file, "user_id", message, _examples(df, orphan, "user_id"))]
 
 
 def parse_table(path: Path, table: SeedTable) -> tuple[pd.DataFrame | None, list[Problem]]:
@@ -347,22 +339,31 @@ def parse_table(path: Path, table: SeedTable) -> tuple[pd.DataFrame | None, list
     return df, find_problems(table, df)
 
 
-def read_month(folder: Path) -> dict[str, pd.DataFrame]:
-    """Parse and validate the six CSVs of one month folder, keyed by snapshot table name.
+def iter_month(folder: Path) -> Iterator[tuple[str, pd.DataFrame]]:
+    """Parse and validate the six CSVs of one month folder, yielding (snapshot table, rows).
 
-    Raises SeedError naming every broken file, column and example rows; returns nothing partial.
+    A table is yielded as soon as it and every table before it are valid, so that a caller can
+    store it and let it go: one table of the month is in memory at a time (and the users'
+    ids). Every file is still read, and after the last one SeedError names every broken file,
+    column and example rows; a caller that stages what it was given discards it then.
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"no seeds folder for this month: looked for {folder}")
-    frames: dict[str, pd.DataFrame] = {}
     problems: list[Problem] = []
+    users: pd.Series | None = None
     for table in TABLES:
         df, found = parse_table(folder / table.file, table)
+        if df is not None and table is USERS:
+            users = df["user_id"]
+        elif df is not None and users is not None:
+            found += unknown_user_problems(table, df, users)
         problems.extend(found)
-        if df is not None:
-            frames[table.snapshot] = df
-    if USERS.snapshot in frames:
-        problems.extend(cross_table_problems(frames))
+        if df is not None and not problems:
+            yield table.snapshot, df
     if problems:
         raise SeedError(folder, problems)
-    return frames
+
+
+def read_month(folder: Path) -> dict[str, pd.DataFrame]:
+    """`iter_month` gathered: the six validated tables of a month, keyed by snapshot name."""
+    return dict(iter_month(folder))

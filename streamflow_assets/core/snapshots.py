@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Protocol
@@ -18,13 +18,23 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 AS_OF = "as_of"
+# A month's tables: a mapping, or (table, rows) pairs that the store takes one at a time.
+Frames = Mapping[str, pd.DataFrame] | Iterable[tuple[str, pd.DataFrame]]
+
+
+def _pairs(frames: Frames) -> Iterable[tuple[str, pd.DataFrame]]:
+    return frames.items() if isinstance(frames, Mapping) else frames
 
 
 class SnapshotStore(Protocol):
     """Where snapshot and training tables live; one implementation per profile."""
 
-    def write_month(self, as_of: datetime, frames: Mapping[str, pd.DataFrame]) -> None:
-        """Replace the `as_of` partition of every given table; a failure leaves all as they were."""
+    def write_month(self, as_of: datetime, frames: Frames) -> None:
+        """Replace the `as_of` partition of every given table; a failure leaves all as they were.
+
+        `frames` may be an iterator of (table, rows) pairs, consumed one table at a time; if it
+        raises, nothing of the month is written.
+        """
 
     def read(self, table: str, as_of: datetime) -> pd.DataFrame:
         """One table's rows for one as_of; KeyError when that partition was never written."""
@@ -57,7 +67,7 @@ class ParquetSnapshotStore:
     def path(self, table: str, as_of: datetime) -> Path:
         return self.root / table / f"{as_of:%Y-%m-%d}.parquet"
 
-    def write_month(self, as_of: datetime, frames: Mapping[str, pd.DataFrame]) -> None:
+    def write_month(self, as_of: datetime, frames: Frames) -> None:
         staged = self._stage(as_of, frames)
         try:
             self._commit(staged)
@@ -65,12 +75,10 @@ class ParquetSnapshotStore:
             for temp, _ in staged:
                 temp.unlink(missing_ok=True)
 
-    def _stage(
-        self, as_of: datetime, frames: Mapping[str, pd.DataFrame]
-    ) -> list[tuple[Path, Path]]:
+    def _stage(self, as_of: datetime, frames: Frames) -> list[tuple[Path, Path]]:
         staged: list[tuple[Path, Path]] = []
         try:
-            for table, df in frames.items():
+            for table, df in _pairs(frames):
                 final = self.path(table, as_of)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
@@ -162,10 +170,10 @@ class PostgresSnapshotStore:
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(self.dsn)
 
-    def write_month(self, as_of: datetime, frames: Mapping[str, pd.DataFrame]) -> None:
-        stored = {table: with_as_of(df, as_of) for table, df in frames.items()}
+    def write_month(self, as_of: datetime, frames: Frames) -> None:
         with self._connect() as conn, conn.transaction():
-            for table, df in stored.items():
+            for table, rows in _pairs(frames):
+                df = with_as_of(rows, as_of)
                 name = sql.Identifier(table)
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
                 columns = sql.SQL(", ").join(

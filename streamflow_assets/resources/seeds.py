@@ -1,5 +1,6 @@
 """The seeds directory: one `month_NNN/` folder of six CSVs per monthly partition."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -24,5 +25,6 @@ class SeedsResource(ConfigurableResource):
         folder = self.folder(partition_key)
         return max((f.stat().st_mtime_ns for f in folder.iterdir()), default=0)
 
-    def read_month(self, partition_key: str) -> dict[str, pd.DataFrame]:
-        return seeds.read_month(self.folder(partition_key))
+    def iter_month(self, partition_key: str) -> Iterator[tuple[str, pd.DataFrame]]:
+        """The month's validated tables one at a time (`core.seeds.iter_month`)."""
+        return seeds.iter_month(self.folder(partition_key))
