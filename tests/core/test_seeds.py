@@ -19,6 +19,7 @@ from streamflow_assets.core.seeds import (
     TABLES_BY_SNAPSHOT,
     Kind,
     SeedError,
+    iter_month,
     read_month,
 )
 
@@ -544,3 +545,20 @@ def test_tables_by_snapshot_covers_the_six_files() -> None:
     assert sorted(t.file for t in TABLES_BY_SNAPSHOT.values()) == sorted(
         [USERS, SUBS, USAGE, PAYMENTS, SUPPORT, LABELS]
     )
+
+
+def test_a_month_streams_table_by_table_and_fails_after_the_last_file(
+    month_slice: Path, edit_csv
+) -> None:
+    edit_csv(month_slice / LABELS, "churn_label", "no", user("9237-HQITU"))
+    tables = iter_month(month_slice)
+    # The first table comes before the later files are read: one table in memory at a time.
+    first, df = next(tables)
+    assert first == "users_snapshots" and len(df) > 0
+    (month_slice / USAGE).unlink()
+    with pytest.raises(SeedError) as raised:
+        list(tables)
+    assert {(p.file.rsplit("/")[-1], p.column) for p in raised.value.problems} == {
+        (USAGE, None),
+        (LABELS, "churn_label"),
+    }

@@ -250,3 +250,19 @@ def test_reading_a_missing_partition_names_table_and_date(store: ParquetSnapshot
     with pytest.raises(KeyError, match="users_snapshots") as raised:
         store.read("users_snapshots", FEBRUARY)
     assert "2024-02-29" in str(raised.value)
+
+
+def test_a_stream_of_tables_that_fails_midway_writes_nothing(store: ParquetSnapshotStore) -> None:
+    store.write_month(JANUARY, month_frames(0))
+    before = files(store.root)
+
+    def tables():
+        frames = month_frames(4)
+        yield "users_snapshots", frames["users_snapshots"]
+        yield "labels_snapshots", frames["labels_snapshots"]
+        raise ValueError("the third table is invalid")
+
+    with pytest.raises(ValueError, match="third table"):
+        store.write_month(JANUARY, tables())
+    assert files(store.root) == before
+    assert_month_equals(store, JANUARY, month_frames(0))
