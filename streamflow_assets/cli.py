@@ -69,10 +69,32 @@ def _pipeline(args: argparse.Namespace) -> int:
             print(f"no month_NNN/ folders in {settings.seeds_dir}", file=sys.stderr)
             return 2
 
-    from streamflow_assets.pipeline import run_months
+    from dagster import DagsterInstance
+    from mlflow.tracking import MlflowClient
 
-    print(f"materializing {len(keys)} month(s) from {settings.seeds_dir} (DAGSTER_HOME={home})")
-    outcomes = run_months(keys)
+    from streamflow_assets.core.pipeline_lock import PipelineBusy, pipeline_lock
+    from streamflow_assets.core.registry import Registry
+    from streamflow_assets.pipeline import release_dead_runs, run_months
+
+    try:
+        with pipeline_lock(settings), DagsterInstance.get() as instance:
+            # Under the lock: no other pipeline of these stores is running, so a run left
+            # in progress by a process that is gone was killed.
+            released = release_dead_runs(instance)
+            if released:
+                registry = Registry(MlflowClient(settings.tracking_uri))
+            for run in released:
+                print(run.summary())
+                for cleaned in registry.abandon_dagster_run(run.run_id):
+                    print(f"  {cleaned}")
+            print(
+                f"materializing {len(keys)} month(s) from {settings.seeds_dir} "
+                f"(DAGSTER_HOME={home})"
+            )
+            outcomes = run_months(keys, instance=instance)
+    except PipelineBusy as busy:
+        print(f"streamflow pipeline: {busy}", file=sys.stderr)
+        return 3
     for outcome in outcomes:
         print(outcome.summary())
     failed = [o for o in outcomes if not o.success]

@@ -1,12 +1,20 @@
 """Run the monthly pipeline for a list of months, in order, recorded in the Dagster instance."""
 
+import os
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dagster import AssetKey, DagsterInstance, Definitions
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, Definitions, RunsFilter
 
 from streamflow_assets.jobs import monthly_pipeline
+
+# Every run records the process that executes it, so that a later pipeline can tell a run whose
+# process was killed (kill -9 leaves it STARTED forever, holding its pool slots) from a live one.
+PID_TAG = "streamflow/pid"
+HOST_TAG = "streamflow/host"
+_IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,7 @@ def run_month(
         instance=instance,
         asset_selection=[AssetKey(name) for name in assets] if assets else None,
         raise_on_error=False,
+        tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
         # The one-line summary is the console output; every event stays in the instance and UI.
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
     )
@@ -76,6 +85,63 @@ def run_month(
         checks_failed=sum(not e.passed for e in evaluations),
         error=_first_error(result),
     )
+
+
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class ReleasedRun:
+    """A run whose process died mid-run, now marked failed, and the pool slots it held."""
+
+    run_id: str
+    partition: str | None
+    pid: int
+    pools: list[str]
+
+    def summary(self) -> str:
+        held = ", ".join(self.pools) if self.pools else "none held"
+        return (
+            f"run {self.run_id[:8]} ({self.partition or 'no partition'}) of dead pid {self.pid}: "
+            f"marked failed; pool slots freed: {held}"
+        )
+
+
+def release_dead_runs(instance: DagsterInstance) -> list[ReleasedRun]:
+    """Mark failed every in-progress run of this host whose process is gone, and free its slots.
+
+    A killed `streamflow pipeline` cannot end its run: the run stays STARTED and keeps the
+    `mlflow_promotion` slot it held, so every later promotion would wait for it; run monitoring
+    frees it only for runs it already sees as ended, with the daemon up. Runs of live processes
+    and of other hosts are left alone (only this host can tell whether their pid is alive).
+    """
+    runs = instance.get_runs(
+        RunsFilter(statuses=_IN_PROGRESS, tags={HOST_TAG: socket.gethostname()})
+    )
+    dead = [run for run in runs if _process_is_gone(int(run.tags[PID_TAG]))]
+    if not dead:
+        return []
+    storage = instance.event_log_storage
+    infos = storage.get_concurrency_infos(sorted(storage.get_concurrency_keys()))
+    released = []
+    for run in dead:
+        pid = int(run.tags[PID_TAG])
+        pools = [key for key, info in infos.items() if run.run_id in info.active_run_ids]
+        instance.report_run_failed(
+            run,
+            message=f"Its process (pid {pid}) is gone; marked failed by streamflow pipeline "
+            f"(pid {os.getpid()}), which freed its pool slots.",
+        )
+        storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(ReleasedRun(run.run_id, run.tags.get("dagster/partition"), pid, pools))
+    return released
 
 
 def run_months(

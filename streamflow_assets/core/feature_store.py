@@ -24,7 +24,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
 from streamflow_assets.core.features import FEATURE_SERVICE, FEATURE_VIEWS, JOIN_KEY
-from streamflow_assets.core.online_store import WriteStats
+from streamflow_assets.core.online_store import EncodedView, WriteStats
 from streamflow_assets.core.settings import Settings
 
 _VALUE_TYPES = {
@@ -125,11 +125,12 @@ def _encoded(values: pd.Series, dtype: str) -> np.ndarray:
 def materialize_month(
     store: FeatureStore, frames: dict[str, pd.DataFrame], as_of: datetime
 ) -> dict[str, WriteStats]:
-    """Write one month's snapshot rows into the online store, view by view.
+    """Write one month's snapshot rows into the online store, every view in one transaction.
 
     Reads nothing but the month's own rows (no scan of every month as `feast materialize` does),
-    and writes through the online store's guarded upsert, so older months never win. The Feast
-    registry records the materialized interval, as `feast materialize` would.
+    and writes through the online store's guarded upsert, so older months never win; a crash or
+    a lost connection leaves the month online whole or not at all. The Feast registry then
+    records the materialized interval, as `feast materialize` would.
     """
     online = store._get_provider().online_store
     # Every view of a month holds the same users: serialize each key once, in sorted order, which
@@ -140,15 +141,20 @@ def materialize_month(
         )
     )
     keys = _entity_keys(users.to_numpy(), store.config.entity_key_serialization_version)
-    stats = {}
-    for spec in FEATURE_VIEWS:
-        df = frames[spec.source_table]
-        order = np.argsort(users.get_indexer(df[JOIN_KEY]))
-        df = df.iloc[order]
-        view = store.get_feature_view(spec.name)
-        values = {f.name: _encoded(df[f.name], f.dtype) for f in spec.features}
-        view_keys = keys[users.get_indexer(df[JOIN_KEY])]
-        stats[spec.name] = online.write_encoded(store.config, view, view_keys, values, as_of)
+    views = {spec.name: store.get_feature_view(spec.name) for spec in FEATURE_VIEWS}
+
+    def encoded() -> Iterator[EncodedView]:
+        for spec in FEATURE_VIEWS:
+            df = frames[spec.source_table]
+            df = df.iloc[np.argsort(users.get_indexer(df[JOIN_KEY]))]
+            yield EncodedView(
+                view=views[spec.name],
+                entity_keys=keys[users.get_indexer(df[JOIN_KEY])],
+                values={f.name: _encoded(df[f.name], f.dtype) for f in spec.features},
+            )
+
+    stats = online.write_encoded(store.config, encoded(), as_of)
+    for view in views.values():
         store.registry.apply_materialization(
             view, store.project, as_of, as_of + timedelta(seconds=1), commit=True
         )
