@@ -70,31 +70,32 @@ def _pipeline(args: argparse.Namespace) -> int:
             return 2
 
     from dagster import DagsterInstance
-    from mlflow.tracking import MlflowClient
 
     from streamflow_assets.core.pipeline_lock import PipelineBusy, pipeline_lock
-    from streamflow_assets.core.registry import Registry
-    from streamflow_assets.pipeline import release_dead_runs, run_months
+    from streamflow_assets.pipeline import in_progress_runs, run_months
 
-    try:
-        with pipeline_lock(settings), DagsterInstance.get() as instance:
-            # Under the lock: no other pipeline of these stores is running, so a run left
-            # in progress by a process that is gone was killed.
-            released = release_dead_runs(instance)
-            if released:
-                registry = Registry(MlflowClient(settings.tracking_uri))
-            for run in released:
-                print(run.summary())
-                for cleaned in registry.abandon_dagster_run(run.run_id):
-                    print(f"  {cleaned}")
-            print(
-                f"materializing {len(keys)} month(s) from {settings.seeds_dir} "
-                f"(DAGSTER_HOME={home})"
-            )
-            outcomes = run_months(keys, instance=instance)
-    except PipelineBusy as busy:
-        print(f"streamflow pipeline: {busy}", file=sys.stderr)
-        return 3
+    with DagsterInstance.get() as instance:
+        try:
+            with pipeline_lock(settings):
+                # Under the lock: no other pipeline of these stores is running, so a run left
+                # in progress by a process that is gone was killed.
+                _release_dead_runs(instance, settings)
+                print(
+                    f"materializing {len(keys)} month(s) from {settings.seeds_dir} "
+                    f"(DAGSTER_HOME={home})",
+                    flush=True,
+                )
+                outcomes = run_months(keys, instance=instance)
+        except PipelineBusy as busy:
+            print(f"streamflow pipeline: {busy}", file=sys.stderr)
+            if busy.holder:
+                for run in in_progress_runs(instance, busy.holder.pid):
+                    partition = run.tags.get("dagster/partition", "no partition")
+                    print(
+                        f"  its run {run.run_id} ({partition}) is {run.status.value}",
+                        file=sys.stderr,
+                    )
+            return 3
     for outcome in outcomes:
         print(outcome.summary())
     failed = [o for o in outcomes if not o.success]
@@ -104,6 +105,22 @@ def _pipeline(args: argparse.Namespace) -> int:
             print(f"{outcome.partition}: {outcome.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _release_dead_runs(instance, settings: Settings) -> None:
+    """Print, and undo, what runs of killed `streamflow` processes left held or open."""
+    from mlflow.tracking import MlflowClient
+
+    from streamflow_assets.core.registry import Registry
+    from streamflow_assets.pipeline import release_dead_runs
+
+    released = release_dead_runs(instance)
+    registry = Registry(MlflowClient(settings.tracking_uri)) if released else None
+    # Flushed line by line: what was freed is on record even if this process is killed in turn.
+    for run in released:
+        print(run.summary(), flush=True)
+        for cleaned in registry.abandon_dagster_run(run.run_id):
+            print(f"  {cleaned}", flush=True)
 
 
 def _freshness(args: argparse.Namespace) -> int:

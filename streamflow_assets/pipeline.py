@@ -114,6 +114,12 @@ class ReleasedRun:
         )
 
 
+def in_progress_runs(instance: DagsterInstance, pid: int | None = None) -> list:
+    """Runs of this host still in progress, of one `streamflow` process or of all."""
+    tags = {HOST_TAG: socket.gethostname()} | ({PID_TAG: str(pid)} if pid is not None else {})
+    return list(instance.get_runs(RunsFilter(statuses=_IN_PROGRESS, tags=tags)))
+
+
 def release_dead_runs(instance: DagsterInstance) -> list[ReleasedRun]:
     """Mark failed every in-progress run of this host whose process is gone, and free its slots.
 
@@ -122,9 +128,7 @@ def release_dead_runs(instance: DagsterInstance) -> list[ReleasedRun]:
     frees it only for runs it already sees as ended, with the daemon up. Runs of live processes
     and of other hosts are left alone (only this host can tell whether their pid is alive).
     """
-    runs = instance.get_runs(
-        RunsFilter(statuses=_IN_PROGRESS, tags={HOST_TAG: socket.gethostname()})
-    )
+    runs = in_progress_runs(instance)
     dead = [run for run in runs if _process_is_gone(int(run.tags[PID_TAG]))]
     if not dead:
         return []
