@@ -3,8 +3,9 @@
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, Definitions, RunsFilter
 
@@ -14,6 +15,8 @@ from streamflow_assets.jobs import monthly_pipeline
 # process was killed (kill -9 leaves it STARTED forever, holding its pool slots) from a live one.
 PID_TAG = "streamflow/pid"
 HOST_TAG = "streamflow/host"
+# When that process started, so that a later process given the same pid is not taken for it.
+STARTED_TAG = "streamflow/process_started"
 _IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
@@ -66,7 +69,7 @@ def run_month(
         instance=instance,
         asset_selection=[AssetKey(name) for name in assets] if assets else None,
         raise_on_error=False,
-        tags={PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()},
+        tags=process_tags(),
         # The one-line summary is the console output; every event stays in the instance and UI.
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
     )
@@ -87,14 +90,40 @@ def run_month(
     )
 
 
-def _process_is_gone(pid: int) -> bool:
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """A process's state and start time (clock ticks after boot) from Linux's /proc; None
+    where there is no /proc or no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return fields[0], fields[19]
+
+
+def process_tags() -> dict[str, str]:
+    """The tags that tie a run to the process executing it (this one)."""
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    if stat := _proc_stat(os.getpid()):
+        tags[STARTED_TAG] = stat[1]
+    return tags
+
+
+def _process_is_gone(tags: Mapping[str, str]) -> bool:
+    pid = int(tags[PID_TAG])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:
         return False
-    return False
+    state, started = stat
+    # A zombie has exited (its parent has not reaped it yet); another start time is another
+    # process that was given the pid after the run's own died.
+    return state == "Z" or started != tags.get(STARTED_TAG, started)
 
 
 @dataclass(frozen=True)
@@ -129,7 +158,7 @@ def release_dead_runs(instance: DagsterInstance) -> list[ReleasedRun]:
     and of other hosts are left alone (only this host can tell whether their pid is alive).
     """
     runs = in_progress_runs(instance)
-    dead = [run for run in runs if _process_is_gone(int(run.tags[PID_TAG]))]
+    dead = [run for run in runs if _process_is_gone(run.tags)]
     if not dead:
         return []
     storage = instance.event_log_storage
