@@ -3,7 +3,8 @@
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,11 +61,19 @@ def run_month(
     instance: DagsterInstance,
     partition: str,
     assets: Sequence[str] | None = None,
+    on_start: Callable[[str, str], None] | None = None,
 ) -> MonthOutcome:
-    """Run the monthly pipeline for one month: every asset, or just `assets` (and their checks)."""
+    """Run the monthly pipeline for one month: every asset, or just `assets` (and their checks).
+
+    `on_start(partition, run_id)` is called just before the run starts.
+    """
     job = defs.resolve_job_def(monthly_pipeline.name)
+    run_id = str(uuid.uuid4())  # the form of Dagster's own run ids
+    if on_start is not None:
+        on_start(partition, run_id)
     started = time.perf_counter()
     result = job.execute_in_process(
+        run_id=run_id,
         partition_key=partition,
         instance=instance,
         asset_selection=[AssetKey(name) for name in assets] if assets else None,
@@ -182,6 +191,7 @@ def run_months(
     defs: Definitions | None = None,
     instance: DagsterInstance | None = None,
     assets: Sequence[str] | None = None,
+    on_start: Callable[[str, str], None] | None = None,
 ) -> list[MonthOutcome]:
     """Materialize each month in order; keep going past a failed month so every error shows.
 
@@ -190,6 +200,6 @@ def run_months(
     if defs is None:
         from streamflow_assets.definitions import defs
     if instance is not None:
-        return [run_month(defs, instance, key, assets) for key in sorted(partitions)]
+        return [run_month(defs, instance, key, assets, on_start) for key in sorted(partitions)]
     with DagsterInstance.get() as instance:
-        return [run_month(defs, instance, key, assets) for key in sorted(partitions)]
+        return [run_month(defs, instance, key, assets, on_start) for key in sorted(partitions)]

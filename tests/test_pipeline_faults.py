@@ -95,11 +95,14 @@ def test_two_pipelines_at_once_one_finishes_the_other_is_refused_naming_it(raced
     (winner,) = [pid for pid, (code, _, _) in results.items() if code == 0]
     (refused,) = [err for code, _, err in results.values() if code == 3]
     assert "another streamflow pipeline is running over the data dir" in refused
-    assert f"pid {winner} " in refused and "refused" in refused
+    assert f"(pid {winner}," in refused and "refused" in refused
     # One run, one candidate version, one champion: nothing of the refused process got through.
     assert [(r.tags["dagster/partition"], r.status) for r in runs] == [
         (JANUARY, DagsterRunStatus.SUCCESS)
     ]
+    # The winner's run is named when it had started by the time the other asked.
+    if named := re.search(rf"run ([0-9a-f]{{8}}) of {JANUARY}", refused):
+        assert named[1] == runs[0].run_id[:8]
     assert [(v.tags["partition"], v.tags["promotion_decision"]) for v in versions] == [
         (JANUARY, "promoted")
     ]

@@ -10,10 +10,11 @@ operating system or the server when the holder dies, `kill -9` included: no stal
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -28,29 +29,49 @@ LOCK_NAME = "streamflow pipeline"
 
 @dataclass(frozen=True)
 class Holder:
-    """Who holds the lock: enough for a refused user to find the other run."""
+    """Who holds the lock, and the run it is on: enough for a refused user to find it."""
 
     pid: int
     host: str
     since: str
+    run: str | None = None  # "<first 8 of the run id>@<partition>", as the summary lines print it
 
     def describe(self) -> str:
-        return f"pid {self.pid} on {self.host}, since {self.since}"
+        run = f", run {self.run.replace('@', ' of ')}" if self.run else ""
+        return f"pid {self.pid}{run}, on {self.host} since {self.since}"
 
     def encode(self) -> str:
-        return f"{LOCK_NAME} pid={self.pid} since={self.since} host={self.host}"
+        run = f" run={self.run}" if self.run else ""
+        return f"{LOCK_NAME} pid={self.pid}{run} since={self.since} host={self.host}"
 
     @classmethod
     def decode(cls, text: str) -> Holder | None:
         fields = dict(part.split("=", 1) for part in text.split() if "=" in part)
         if "pid" not in fields:
             return None
-        return cls(int(fields["pid"]), fields.get("host", "?"), fields.get("since", "?"))
+        return cls(
+            int(fields["pid"]), fields.get("host", "?"), fields.get("since", "?"), fields.get("run")
+        )
 
     @classmethod
     def this_process(cls) -> Holder:
         since = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         return cls(os.getpid(), socket.gethostname(), since)
+
+    def on(self, partition: str, run_id: str) -> Holder:
+        return dataclasses.replace(self, run=f"{run_id[:8]}@{partition}")
+
+
+class PipelineLock:
+    """A held lock; `announce` records the run its holder starts, for whoever is refused."""
+
+    def __init__(self, me: Holder, publish: Callable[[Holder], None]):
+        self.holder = me
+        self._publish = publish
+
+    def announce(self, partition: str, run_id: str) -> None:
+        self.holder = self.holder.on(partition, run_id)
+        self._publish(self.holder)
 
 
 class PipelineBusy(RuntimeError):
@@ -63,7 +84,7 @@ class PipelineBusy(RuntimeError):
 
 
 @contextlib.contextmanager
-def _file_lock(path: os.PathLike[str] | str, me: Holder) -> Iterator[None]:
+def _file_lock(path: os.PathLike[str] | str, me: Holder) -> Iterator[PipelineLock]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "a+") as handle:
         try:
@@ -71,21 +92,25 @@ def _file_lock(path: os.PathLike[str] | str, me: Holder) -> Iterator[None]:
         except BlockingIOError:
             handle.seek(0)
             raise PipelineBusy(f"the data dir ({path})", Holder.decode(handle.read())) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(me.encode() + "\n")
-        handle.flush()
+
+        def publish(holder: Holder) -> None:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(holder.encode() + "\n")
+            handle.flush()
+
+        publish(me)
         try:
-            yield
+            yield PipelineLock(me, publish)
         finally:
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
-def _advisory_lock(dsn: str, database: str, me: Holder) -> Iterator[None]:
+def _advisory_lock(dsn: str, database: str, me: Holder) -> Iterator[PipelineLock]:
     # application_name is what pg_stat_activity shows for the session: the refused run reads
-    # the holder from it (at most 63 bytes: the host, last, may be cut short).
+    # the holder from it (at most 63 bytes: pid and run first; since and host may be cut short).
     with psycopg.connect(dsn, autocommit=True, application_name=me.encode()[:63]) as conn:
         (taken,) = conn.execute(
             "SELECT pg_try_advisory_lock(hashtext(%s))", (LOCK_NAME,)
@@ -100,11 +125,17 @@ def _advisory_lock(dsn: str, database: str, me: Holder) -> Iterator[None]:
             raise PipelineBusy(
                 f"the PostgreSQL database {database!r}", Holder.decode(row[0]) if row else None
             )
+
+        def publish(holder: Holder) -> None:
+            conn.execute(
+                "SELECT set_config('application_name', %s, false)", (holder.encode()[:63],)
+            )
+
         # Released when the session ends: on exit below, or by the server when the holder dies.
-        yield
+        yield PipelineLock(me, publish)
 
 
-def pipeline_lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
+def pipeline_lock(settings: Settings) -> contextlib.AbstractContextManager[PipelineLock]:
     """Held while a pipeline runs over the profile's stores; PipelineBusy if another holds it."""
     me = Holder.this_process()
     if settings.profile == "postgres":

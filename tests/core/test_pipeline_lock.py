@@ -37,12 +37,16 @@ def lock_settings(request, settings_for, tmp_path: Path) -> Iterator[Settings]:
         )
 
 
-def test_a_second_holder_is_refused_naming_the_first(lock_settings: Settings) -> None:
-    with pipeline_lock(lock_settings):
+def test_a_second_holder_is_refused_naming_the_first_and_its_run(lock_settings: Settings) -> None:
+    with pipeline_lock(lock_settings) as lock:
         with pytest.raises(PipelineBusy) as refused, pipeline_lock(lock_settings):
             pass
         assert refused.value.holder is not None and refused.value.holder.pid == os.getpid()
-        assert f"pid {os.getpid()} " in str(refused.value)
+        assert f"(pid {os.getpid()}, on " in str(refused.value)
+        lock.announce("2024-02", "1a2b3c4d-0000-4000-8000-000000000000")
+        with pytest.raises(PipelineBusy) as refused, pipeline_lock(lock_settings):
+            pass
+        assert f"(pid {os.getpid()}, run 1a2b3c4d of 2024-02, on " in str(refused.value)
     with pipeline_lock(lock_settings):
         pass  # released on exit
 
