@@ -9,9 +9,13 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from streamflow_assets.core import months
 from streamflow_assets.core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from streamflow_assets.core.pipeline_lock import PipelineLock
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +65,6 @@ def _pipeline(args: argparse.Namespace) -> int:
         os.environ["STREAMFLOW_SEEDS_DIR"] = str(Path(args.seeds).resolve())
         get_settings.cache_clear()
     settings = get_settings()
-    home = prepare_dagster_home(settings)
     keys = months.parse_range(args.partitions) if args.partitions else None
     if keys is None:
         keys = months.seeded_months(settings.seeds_dir)
@@ -69,10 +72,33 @@ def _pipeline(args: argparse.Namespace) -> int:
             print(f"no month_NNN/ folders in {settings.seeds_dir}", file=sys.stderr)
             return 2
 
+    from streamflow_assets.core.pipeline_lock import PipelineBusy, pipeline_lock
+
+    # The lock comes first: two pipelines starting at once must not both create the Dagster
+    # instance (SQLite's schema migrations race) or copy its dagster.yaml.
+    try:
+        with pipeline_lock(settings) as lock:
+            return _run_pipeline(settings, keys, lock)
+    except PipelineBusy as busy:
+        print(f"streamflow pipeline: {busy}", file=sys.stderr)
+        return 3
+
+
+def _run_pipeline(settings: Settings, keys: list[str], lock: PipelineLock) -> int:
+    from dagster import DagsterInstance
+
     from streamflow_assets.pipeline import run_months
 
-    print(f"materializing {len(keys)} month(s) from {settings.seeds_dir} (DAGSTER_HOME={home})")
-    outcomes = run_months(keys)
+    home = prepare_dagster_home(settings)
+    with DagsterInstance.get() as instance:
+        # Under the lock: no other pipeline of these stores is running, so a run left in
+        # progress by a process that is gone was killed.
+        _release_dead_runs(instance, settings)
+        print(
+            f"materializing {len(keys)} month(s) from {settings.seeds_dir} (DAGSTER_HOME={home})",
+            flush=True,
+        )
+        outcomes = run_months(keys, instance=instance, on_start=lock.announce)
     for outcome in outcomes:
         print(outcome.summary())
     failed = [o for o in outcomes if not o.success]
@@ -82,6 +108,22 @@ def _pipeline(args: argparse.Namespace) -> int:
             print(f"{outcome.partition}: {outcome.error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _release_dead_runs(instance, settings: Settings) -> None:
+    """Print, and undo, what runs of killed `streamflow` processes left held or open."""
+    from mlflow.tracking import MlflowClient
+
+    from streamflow_assets.core.registry import Registry
+    from streamflow_assets.pipeline import release_dead_runs
+
+    released = release_dead_runs(instance)
+    registry = Registry(MlflowClient(settings.tracking_uri)) if released else None
+    # Flushed line by line: what was freed is on record even if this process is killed in turn.
+    for run in released:
+        print(run.summary(), flush=True)
+        for cleaned in registry.abandon_dagster_run(run.run_id):
+            print(f"  {cleaned}", flush=True)
 
 
 def _freshness(args: argparse.Namespace) -> int:

@@ -1,12 +1,24 @@
 """Run the monthly pipeline for a list of months, in order, recorded in the Dagster instance."""
 
+import os
+import socket
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance, Definitions
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, Definitions, RunsFilter
 
 from streamflow_assets.jobs import monthly_pipeline
+
+# Every run records the process that executes it, so that a later pipeline can tell a run whose
+# process was killed (kill -9 leaves it STARTED forever, holding its pool slots) from a live one.
+PID_TAG = "streamflow/pid"
+HOST_TAG = "streamflow/host"
+# When that process started, so that a later process given the same pid is not taken for it.
+STARTED_TAG = "streamflow/process_started"
+_IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
 @dataclass(frozen=True)
@@ -49,15 +61,24 @@ def run_month(
     instance: DagsterInstance,
     partition: str,
     assets: Sequence[str] | None = None,
+    on_start: Callable[[str, str], None] | None = None,
 ) -> MonthOutcome:
-    """Run the monthly pipeline for one month: every asset, or just `assets` (and their checks)."""
+    """Run the monthly pipeline for one month: every asset, or just `assets` (and their checks).
+
+    `on_start(partition, run_id)` is called just before the run starts.
+    """
     job = defs.resolve_job_def(monthly_pipeline.name)
+    run_id = str(uuid.uuid4())  # the form of Dagster's own run ids
+    if on_start is not None:
+        on_start(partition, run_id)
     started = time.perf_counter()
     result = job.execute_in_process(
+        run_id=run_id,
         partition_key=partition,
         instance=instance,
         asset_selection=[AssetKey(name) for name in assets] if assets else None,
         raise_on_error=False,
+        tags=process_tags(),
         # The one-line summary is the console output; every event stays in the instance and UI.
         run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
     )
@@ -78,11 +99,99 @@ def run_month(
     )
 
 
+def _proc_stat(pid: int) -> tuple[str, str] | None:
+    """A process's state and start time (clock ticks after boot) from Linux's /proc; None
+    where there is no /proc or no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return fields[0], fields[19]
+
+
+def process_tags() -> dict[str, str]:
+    """The tags that tie a run to the process executing it (this one)."""
+    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+    if stat := _proc_stat(os.getpid()):
+        tags[STARTED_TAG] = stat[1]
+    return tags
+
+
+def _process_is_gone(tags: Mapping[str, str]) -> bool:
+    pid = int(tags[PID_TAG])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    stat = _proc_stat(pid)
+    if stat is None:
+        return False
+    state, started = stat
+    # A zombie has exited (its parent has not reaped it yet); another start time is another
+    # process that was given the pid after the run's own died.
+    return state == "Z" or started != tags.get(STARTED_TAG, started)
+
+
+@dataclass(frozen=True)
+class ReleasedRun:
+    """A run whose process died mid-run, now marked failed, and the pool slots it held."""
+
+    run_id: str
+    partition: str | None
+    pid: int
+    pools: list[str]
+
+    def summary(self) -> str:
+        held = ", ".join(self.pools) if self.pools else "none held"
+        return (
+            f"run {self.run_id[:8]} ({self.partition or 'no partition'}) of dead pid {self.pid}: "
+            f"marked failed; pool slots freed: {held}"
+        )
+
+
+def in_progress_runs(instance: DagsterInstance, pid: int | None = None) -> list:
+    """Runs of this host still in progress, of one `streamflow` process or of all."""
+    tags = {HOST_TAG: socket.gethostname()} | ({PID_TAG: str(pid)} if pid is not None else {})
+    return list(instance.get_runs(RunsFilter(statuses=_IN_PROGRESS, tags=tags)))
+
+
+def release_dead_runs(instance: DagsterInstance) -> list[ReleasedRun]:
+    """Mark failed every in-progress run of this host whose process is gone, and free its slots.
+
+    A killed `streamflow pipeline` cannot end its run: the run stays STARTED and keeps the
+    `mlflow_promotion` slot it held, so every later promotion would wait for it; run monitoring
+    frees it only for runs it already sees as ended, with the daemon up. Runs of live processes
+    and of other hosts are left alone (only this host can tell whether their pid is alive).
+    """
+    runs = in_progress_runs(instance)
+    dead = [run for run in runs if _process_is_gone(run.tags)]
+    if not dead:
+        return []
+    storage = instance.event_log_storage
+    infos = storage.get_concurrency_infos(sorted(storage.get_concurrency_keys()))
+    released = []
+    for run in dead:
+        pid = int(run.tags[PID_TAG])
+        pools = [key for key, info in infos.items() if run.run_id in info.active_run_ids]
+        instance.report_run_failed(
+            run,
+            message=f"Its process (pid {pid}) is gone; marked failed by streamflow pipeline "
+            f"(pid {os.getpid()}), which freed its pool slots.",
+        )
+        storage.free_concurrency_slots_for_run(run.run_id)
+        released.append(ReleasedRun(run.run_id, run.tags.get("dagster/partition"), pid, pools))
+    return released
+
+
 def run_months(
     partitions: list[str],
     defs: Definitions | None = None,
     instance: DagsterInstance | None = None,
     assets: Sequence[str] | None = None,
+    on_start: Callable[[str, str], None] | None = None,
 ) -> list[MonthOutcome]:
     """Materialize each month in order; keep going past a failed month so every error shows.
 
@@ -91,6 +200,6 @@ def run_months(
     if defs is None:
         from streamflow_assets.definitions import defs
     if instance is not None:
-        return [run_month(defs, instance, key, assets) for key in sorted(partitions)]
+        return [run_month(defs, instance, key, assets, on_start) for key in sorted(partitions)]
     with DagsterInstance.get() as instance:
-        return [run_month(defs, instance, key, assets) for key in sorted(partitions)]
+        return [run_month(defs, instance, key, assets, on_start) for key in sorted(partitions)]

@@ -24,7 +24,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
 from streamflow_assets.core.features import FEATURE_SERVICE, FEATURE_VIEWS, JOIN_KEY
-from streamflow_assets.core.online_store import WriteStats
+from streamflow_assets.core.online_store import EncodedView, WriteStats
 from streamflow_assets.core.settings import Settings
 
 _VALUE_TYPES = {
@@ -125,28 +125,35 @@ def _encoded(values: pd.Series, dtype: str) -> np.ndarray:
 def materialize_month(
     store: FeatureStore, read_table: Callable[[str], pd.DataFrame], as_of: datetime
 ) -> dict[str, WriteStats]:
-    """Write one month's snapshot rows into the online store, view by view.
+    """Write one month's snapshot rows into the online store, every view in one transaction.
 
     Reads nothing but the month's own rows (no scan of every month as `feast materialize` does),
     one source table at a time (`read_table`), and writes through the online store's guarded
-    upsert, so older months never win. The Feast registry records the materialized interval, as
+    upsert, so older months never win; a crash or a lost connection leaves the month online
+    whole or not at all. The Feast registry then records the materialized interval, as
     `feast materialize` would.
     """
     online = store._get_provider().online_store
-    users, keys = None, None
-    stats = {}
-    for spec in FEATURE_VIEWS:
-        # Sorted by user: the order that fills the online tables' B-trees in sequence.
-        df = read_table(spec.source_table).sort_values(JOIN_KEY, ignore_index=True)
-        ids = df[JOIN_KEY].to_numpy()
-        # The views of a month hold the same users: each key is serialized once, not per view.
-        if users is None or not np.array_equal(ids, users):
-            users = ids
-            keys = _entity_keys(ids, store.config.entity_key_serialization_version)
-        view = store.get_feature_view(spec.name)
-        values = {f.name: _encoded(df[f.name], f.dtype) for f in spec.features}
-        del df
-        stats[spec.name] = online.write_encoded(store.config, view, keys, values, as_of)
+    views = {spec.name: store.get_feature_view(spec.name) for spec in FEATURE_VIEWS}
+    version = store.config.entity_key_serialization_version
+
+    def encoded() -> Iterator[EncodedView]:
+        users, keys = None, None
+        for spec in FEATURE_VIEWS:
+            # Sorted by user: the order that fills the online tables' B-trees in sequence.
+            df = read_table(spec.source_table).sort_values(JOIN_KEY, ignore_index=True)
+            ids = df[JOIN_KEY].to_numpy()
+            # The views of a month hold the same users: each key is serialized once.
+            if users is None or not np.array_equal(ids, users):
+                users, keys = ids, _entity_keys(ids, version)
+            yield EncodedView(
+                view=views[spec.name],
+                entity_keys=keys,
+                values={f.name: _encoded(df[f.name], f.dtype) for f in spec.features},
+            )
+
+    stats = online.write_encoded(store.config, encoded(), as_of)
+    for view in views.values():
         store.registry.apply_materialization(
             view, store.project, as_of, as_of + timedelta(seconds=1), commit=True
         )

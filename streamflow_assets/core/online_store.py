@@ -3,12 +3,15 @@
 Feast's SQLite and Postgres online stores upsert blindly, so re-materializing an old month (a
 backfill) would roll every user back to that month. These subclasses keep Feast's tables and
 read path and change only the write: a row is replaced when its event time is not older than
-the stored one. `write_encoded` also reports what it did, for the `online_features` asset.
+the stored one. `write_encoded` writes a month's views in one transaction (a crash or a lost
+connection leaves the month online whole or not at all) and reports what it did, for the
+`online_features` asset.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +36,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
 from feast.utils import to_naive_utc
-from psycopg import Connection, sql
+from psycopg import Connection, Cursor, sql
 
 WriteBatch = Sequence[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]
 # (entity_key, feature_name, serialized value, event_ts, created_ts)
@@ -52,6 +55,15 @@ class WriteStats:
         return self.offered - self.written
 
 
+@dataclass(frozen=True)
+class EncodedView:
+    """One feature view's rows of a snapshot: serialized entity keys, and values per feature."""
+
+    view: FeatureView
+    entity_keys: Sequence[bytes]
+    values: dict[str, Sequence[bytes]]
+
+
 def _table(config: RepoConfig, view: FeatureView) -> str:
     return compute_table_id(
         config.project, view, config.registry.enable_online_feature_view_versioning
@@ -59,12 +71,19 @@ def _table(config: RepoConfig, view: FeatureView) -> str:
 
 
 class _Monotonic:
-    """The write path both stores share; each backend supplies `_upsert` and its time format."""
+    """The write path both stores share; each backend supplies a transaction, `_upsert` and its
+    time format."""
 
     def _timestamp(self, moment: datetime) -> Any:
         raise NotImplementedError
 
-    def _upsert(self, config: RepoConfig, view: FeatureView, rows: Iterable[Row]) -> int:
+    def _transaction(self, config: RepoConfig) -> contextlib.AbstractContextManager[Any]:
+        """One transaction on the store's connection; yields the handle `_upsert` writes to."""
+        raise NotImplementedError
+
+    def _upsert(
+        self, handle: Any, config: RepoConfig, view: FeatureView, rows: Iterable[Row]
+    ) -> int:
         """Write rows whose event time is not older than the stored one; rows changed."""
         raise NotImplementedError
 
@@ -94,31 +113,33 @@ class _Monotonic:
             for feature, value in values.items()
         ]
         if rows:
-            self._upsert(config, table, rows)
+            with self._transaction(config) as handle:
+                self._upsert(handle, config, table, rows)
         if progress:
             progress(len(data))
 
     def write_encoded(
-        self,
-        config: RepoConfig,
-        table: FeatureView,
-        entity_keys: Sequence[bytes],
-        values: dict[str, Sequence[bytes]],
-        event_ts: datetime,
-    ) -> WriteStats:
-        """Write already-serialized keys and values that share one event time (a snapshot)."""
+        self, config: RepoConfig, views: Iterable[EncodedView], event_ts: datetime
+    ) -> dict[str, WriteStats]:
+        """Write a snapshot's views, already serialized and sharing one event time, in one
+        transaction; `views` may be a generator, so that one view at a time is in memory."""
         event, created = self._timestamp(event_ts), self._timestamp(datetime.now(UTC))
-        names = sorted(values)
-        columns = [values[name] for name in names]
-        # A generator, not a list: the backends stream it (executemany, COPY), so a month of a
-        # million users never exists as millions of row tuples at once.
-        rows = (
-            (key, name, value, event, created)
-            for key, *row in zip(entity_keys, *columns, strict=True)
-            for name, value in zip(names, row, strict=True)
-        )
-        changed = self._upsert(config, table, rows)
-        return self._stats(changed, len(entity_keys) * len(names), len(entity_keys))
+        stats = {}
+        with self._transaction(config) as handle:
+            for encoded in views:
+                names = sorted(encoded.values)
+                columns = [encoded.values[name] for name in names]
+                # A generator, not a list: the backends stream it (executemany, COPY), so a
+                # month of a million users never exists as millions of row tuples at once.
+                rows = (
+                    (key, name, value, event, created)
+                    for key, *row in zip(encoded.entity_keys, *columns, strict=True)
+                    for name, value in zip(names, row, strict=True)
+                )
+                changed = self._upsert(handle, config, encoded.view, rows)
+                entities = len(encoded.entity_keys)
+                stats[encoded.view.name] = self._stats(changed, entities * len(names), entities)
+        return stats
 
 
 class MonotonicSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
@@ -134,7 +155,16 @@ class MonotonicSqliteOnlineStore(_Monotonic, SqliteOnlineStore):
         # Stored as Feast's sqlite adapter stores datetimes (epoch seconds of the naive UTC time).
         return adapt_datetime_epoch(to_naive_utc(moment))
 
-    def _upsert(self, config: RepoConfig, view: FeatureView, rows: Iterable[Row]) -> int:
+    @contextlib.contextmanager
+    def _transaction(self, config: RepoConfig) -> Iterator[sqlite3.Connection]:
+        # sqlite3 opens a transaction at the first write and `with` commits or rolls it back.
+        conn = self._get_conn(config)
+        with conn:
+            yield conn
+
+    def _upsert(
+        self, handle: sqlite3.Connection, config: RepoConfig, view: FeatureView, rows: Iterable[Row]
+    ) -> int:
         # value_text is left empty: only Feast's document-search filters read it.
         upsert = (
             f"INSERT INTO {_quote_id(_table(config, view))} AS stored "
@@ -143,9 +173,7 @@ class MonotonicSqliteOnlineStore(_Monotonic, SqliteOnlineStore):
             "event_ts = excluded.event_ts, created_ts = excluded.created_ts "
             "WHERE excluded.event_ts >= stored.event_ts"
         )
-        conn = self._get_conn(config)
-        with conn:
-            return conn.executemany(upsert, rows).rowcount
+        return handle.executemany(upsert, rows).rowcount
 
     def newest_event_time(self, config: RepoConfig, view: FeatureView) -> datetime | None:
         """The newest event time any entity of a feature view holds online."""
@@ -176,28 +204,38 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
     def _timestamp(self, moment: datetime) -> datetime:
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
-    def _upsert(self, config: RepoConfig, view: FeatureView, rows: Iterable[Row]) -> int:
+    @contextlib.contextmanager
+    def _transaction(self, config: RepoConfig) -> Iterator[Cursor]:
+        with self._get_conn(config) as conn, conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    def _upsert(
+        self, handle: Cursor, config: RepoConfig, view: FeatureView, rows: Iterable[Row]
+    ) -> int:
         target = sql.Identifier(_table(config, view))
         columns = sql.SQL("entity_key, feature_name, value, event_ts, created_ts")
-        with self._get_conn(config) as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute(
-                sql.SQL(
-                    "CREATE TEMP TABLE incoming ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA"
-                ).format(columns, target)
+        # Dropped after the merge, not at commit: the next view of the month, in the same
+        # transaction, stages its rows under the same name.
+        handle.execute(
+            sql.SQL("CREATE TEMP TABLE incoming AS SELECT {} FROM {} WITH NO DATA").format(
+                columns, target
             )
-            with cur.copy(sql.SQL("COPY incoming ({}) FROM STDIN").format(columns)) as copy:
-                for row in rows:
-                    copy.write_row(row)
-            cur.execute(
-                sql.SQL(
-                    "INSERT INTO {target} AS stored ({columns}) SELECT {columns} FROM incoming "
-                    "ON CONFLICT (entity_key, feature_name) DO UPDATE SET "
-                    "value = EXCLUDED.value, event_ts = EXCLUDED.event_ts, "
-                    "created_ts = EXCLUDED.created_ts "
-                    "WHERE EXCLUDED.event_ts >= stored.event_ts"
-                ).format(target=target, columns=columns)
-            )
-            return cur.rowcount
+        )
+        with handle.copy(sql.SQL("COPY incoming ({}) FROM STDIN").format(columns)) as copy:
+            for row in rows:
+                copy.write_row(row)
+        handle.execute(
+            sql.SQL(
+                "INSERT INTO {target} AS stored ({columns}) SELECT {columns} FROM incoming "
+                "ON CONFLICT (entity_key, feature_name) DO UPDATE SET "
+                "value = EXCLUDED.value, event_ts = EXCLUDED.event_ts, "
+                "created_ts = EXCLUDED.created_ts "
+                "WHERE EXCLUDED.event_ts >= stored.event_ts"
+            ).format(target=target, columns=columns)
+        )
+        changed = handle.rowcount
+        handle.execute("DROP TABLE incoming")
+        return changed
 
     def newest_event_time(self, config: RepoConfig, view: FeatureView) -> datetime | None:
         query = sql.SQL("SELECT max(event_ts) FROM {}").format(sql.Identifier(_table(config, view)))

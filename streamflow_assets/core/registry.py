@@ -14,6 +14,8 @@ MODEL_NAME = "streamflow_churn"
 EXPERIMENT = "streamflow"
 PRODUCTION_STAGE = "Production"
 PRODUCTION_ALIAS = "production"
+# The promotion_decision of a version whose Dagster run died before promotion decided on it.
+ABANDONED = "abandoned"
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -43,11 +45,35 @@ class Registry:
         return self.client.get_model_version(self.name, version)
 
     def latest_for_partition(self, partition: str) -> ModelVersion | None:
-        """The newest version registered for a month: that month's candidate."""
+        """The newest version registered for a month, unless abandoned: that month's candidate."""
         versions = self.client.search_model_versions(
             f"name = '{self.name}' and tags.partition = '{partition}'"
         )
-        return max(versions, key=lambda v: int(v.version), default=None)
+        live = [v for v in versions if v.tags.get("promotion_decision") != ABANDONED]
+        return max(live, key=lambda v: int(v.version), default=None)
+
+    def abandon_dagster_run(self, dagster_run_id: str) -> list[str]:
+        """What a Dagster run whose process died left in MLflow, closed: its runs still RUNNING
+        end as KILLED, and versions it registered but never promoted are tagged abandoned, so
+        no promotion takes them for their month's candidate. Returns what was done."""
+        done = []
+        for experiment in self.client.search_experiments():
+            for run in self.client.search_runs(
+                [experiment.experiment_id],
+                f"tags.dagster_run_id = '{dagster_run_id}' and attributes.status = 'RUNNING'",
+            ):
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                done.append(f"MLflow run {run.info.run_id[:8]} ended as KILLED")
+        registered = self.client.search_model_versions(
+            f"name = '{self.name}' and tags.dagster_run_id = '{dagster_run_id}'"
+        )
+        serving = self.production()
+        for version in registered:
+            undecided = "promotion_decision" not in version.tags
+            if undecided and (serving is None or version.version != serving.version):
+                self.tag(version.version, {"promotion_decision": ABANDONED})
+                done.append(f"{self.name} v{version.version} tagged {ABANDONED}")
+        return done
 
     def tag(self, version: str, tags: dict[str, object]) -> None:
         for key, value in tags.items():
