@@ -1,4 +1,4 @@
-"""Schemathesis against a real `streamflow serve`: every operation, no 5xx, answers as documented."""
+"""Schemathesis against a real `streamflow serve`: every operation, answers as documented."""
 
 from __future__ import annotations
 
