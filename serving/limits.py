@@ -42,8 +42,8 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    # Raised inside the route's body read, which FastAPI lets through to the
-                    # app's handler for 413 (serving.errors), so the answer is JSON too.
+                    # Raised inside the route's body read, which FastAPI passes on to its
+                    # HTTPException handler: a JSON `detail`, as for every other error.
                     raise HTTPException(413, body_too_large_detail(self.max_bytes))
             return message
 
