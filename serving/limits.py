@@ -14,7 +14,7 @@ def body_too_large_detail(limit: int) -> str:
 
 class BodyLimitMiddleware:
     """Refuses a body over `max_bytes`: a declared Content-Length at once, before any of the body
-    is read; a chunked or under-declared body as soon as the bytes received pass the limit.
+    is read; a chunked body (no Content-Length) as soon as the bytes received pass the limit.
 
     Starlette's RequestBodyLimitMiddleware (FastAPI's `max_body_size`) does the same but
     answers a declared oversize body in plain text, whatever the app's handlers say.
@@ -30,9 +30,13 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         for name, value in scope["headers"]:
-            # uvicorn has already refused a Content-Length that is not a number.
-            if name == b"content-length" and int(value) > self.max_bytes:
-                await self._refuse(send)
+            if name == b"content-length":
+                # uvicorn has refused a Content-Length that is not a number, and never passes on
+                # more body than it declares: within the limit, nothing is left to count.
+                if int(value) > self.max_bytes:
+                    await self._refuse(send)
+                else:
+                    await self.app(scope, receive, send)
                 return
         received = 0
 
