@@ -112,6 +112,19 @@ def _still_open(sock: socket.socket) -> bool:
         return False
 
 
+def _p99_of_predictions(api: httpx.Client) -> tuple[float, int]:
+    """p99 in ms of sequential /predict, bounded: 400 predictions or 20 s, whichever is first."""
+    latencies = []
+    started = time.monotonic()
+    while len(latencies) < 400 and time.monotonic() - started < 20:
+        sent = time.perf_counter()
+        answer = api.post("/predict", json={"user_id": KNOWN_USER})
+        latencies.append((time.perf_counter() - sent) * 1000)
+        assert answer.status_code == 200, answer.text
+    assert len(latencies) >= 100
+    return statistics.quantiles(latencies, n=100)[98], len(latencies)
+
+
 def test_slow_clients_do_not_slow_the_others(api: httpx.Client, api_url: str) -> None:
     host, port = api_url.removeprefix("http://").split(":")
     address = (host, int(port))
@@ -121,22 +134,16 @@ def test_slow_clients_do_not_slow_the_others(api: httpx.Client, api_url: str) ->
         b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b'Content-Length: 40\r\n\r\n{"user_id": ',
     ]
+    # The same measurement without them, for the log: on a shared machine it tells the load of
+    # other work apart from the stalled clients' share.
+    alone, _ = _p99_of_predictions(api)
     stalled = [_stall(address, partials[i % 2]) for i in range(SLOW_CLIENTS)]
     try:
-        latencies = []
-        started = time.monotonic()
-        # Bounded: 400 predictions or 20 s, whichever comes first.
-        while len(latencies) < 400 and time.monotonic() - started < 20:
-            sent = time.perf_counter()
-            answer = api.post("/predict", json={"user_id": KNOWN_USER})
-            latencies.append((time.perf_counter() - sent) * 1000)
-            assert answer.status_code == 200, answer.text
+        p99, count = _p99_of_predictions(api)
         held = sum(_still_open(sock) for sock in stalled)
     finally:
         for sock in stalled:
             sock.close()
-    p99 = statistics.quantiles(latencies, n=100)[98]
-    print(f"{len(latencies)} predictions beside {held} stalled clients: p99 {p99:.1f} ms")
+    print(f"{count} predictions beside {held} stalled clients: p99 {p99:.1f} ms, {alone:.1f} alone")
     assert held == SLOW_CLIENTS, "the server dropped stalled clients: the test measured nothing"
-    assert len(latencies) >= 100
     assert p99 < P99_LIMIT_MS
