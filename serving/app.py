@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI
 from uvicorn.config import LOGGING_CONFIG
 
+from serving.errors import add_error_handlers
+from serving.limits import BodyLimitMiddleware
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.routes import features, health, metrics, model, predict
 from serving.settings import ServingSettings, get_serving_settings
@@ -51,12 +53,12 @@ async def _poll(state: ServingState) -> None:
 
 
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
-    """The API over `settings` (by default read from `STREAMFLOW_*` when the app starts)."""
+    """The API over `settings` (by default read from `STREAMFLOW_*`)."""
     app_metrics = ServingMetrics()
+    resolved = settings or get_serving_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        resolved = settings or get_serving_settings()
         state = ServingState.create(resolved, app_metrics)
         # The first load happens before the first request, so a healthy start is ready at once;
         # a failed one still starts the API, which answers 503 with the reason until a poll works.
@@ -86,8 +88,10 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         summary="Churn predictions from the Production model and the Feast online store.",
         lifespan=lifespan,
     )
+    add_error_handlers(app)
     for module in (health, predict, features, model, metrics):
         app.include_router(module.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=resolved.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app_metrics)
     return app
 

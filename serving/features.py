@@ -20,6 +20,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
 
+from serving.model import describe
 from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_SERVICE, FEATURES, JOIN_KEY
 
 FeatureValue = int | float | bool | str | None
@@ -66,6 +67,14 @@ class OnlineFeatures:
     def columns(self, rows: Sequence[int]) -> dict[str, list[FeatureValue]]:
         """Raw values of some rows, feature by feature: the input of `features.model_inputs`."""
         return {name: [self.values[name][i] for i in rows] for name in FEATURE_NAMES}
+
+
+class OnlineStoreUnavailable(Exception):
+    """A read of the online store failed: the API answers 503 naming the store, never 500."""
+
+    def __init__(self, store: str, error: BaseException):
+        super().__init__(f"online store {store} unavailable: {describe(error)}")
+        self.store = store
 
 
 def is_stale(as_of: datetime, now: datetime, max_age: timedelta | None) -> bool:
@@ -122,6 +131,7 @@ class OnlineFeatureReader:
                 f"{sorted(FEATURE_NAMES)}: re-apply the Feast repo"
             )
         self.view_features = {view.name: names for view, names in self._views}
+        self.store_name = type(self._online).__name__
         self.uses_sql = isinstance(self._online, SqliteOnlineStore) if use_sql is None else use_sql
         versioning = self._config.registry.enable_online_feature_view_versioning
         self._tables = [
@@ -132,9 +142,14 @@ class OnlineFeatureReader:
         self._single_query = self._query(1)
 
     def read(self, user_ids: Sequence[str]) -> OnlineFeatures:
-        if self.uses_sql:
-            return self._read_sql(user_ids)
-        return self._read_views(user_ids)
+        try:
+            if self.uses_sql:
+                return self._read_sql(user_ids)
+            return self._read_views(user_ids)
+        # Every online store (SQLite, PostgreSQL, Redis) raises its own driver's errors; whatever
+        # the read raised, the store did not answer, and the client is told which one.
+        except Exception as error:
+            raise OnlineStoreUnavailable(self.store_name, error) from error
 
     def _entity_key(self, user_id: str) -> EntityKeyProto:
         return EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val=user_id)])

@@ -89,6 +89,15 @@ class ServingMetrics:
             "1 when the last poll reached the model registry, 0 when it did not.",
             registry=self.registry,
         )
+        self.reload_errors = Counter(
+            "streamflow_model_reload_errors",
+            "Polls of the registry that failed: registry unreachable, or the new version failed "
+            "to load (the loaded model keeps serving).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in ("registry_unreachable", "load_failed"):
+            self.reload_errors.labels(reason)
         for outcome in ("loaded", "failed"):
             self.reloads.labels(outcome)
         for action in ("flagged", "refused"):
@@ -115,9 +124,13 @@ class ServingMetrics:
         self.reload_failing.set(1 if status.failed_version is not None else 0)
         if status.registry_reachable is not None:
             self.registry_up.set(1 if status.registry_reachable else 0)
+        if status.registry_reachable is False:
+            self.reload_errors.labels("registry_unreachable").inc()
 
     def model_load_attempted(self, attempt: LoadAttempt) -> None:
         self.reloads.labels("loaded" if attempt.loaded else "failed").inc()
+        if not attempt.loaded:
+            self.reload_errors.labels("load_failed").inc()
         self.reload_seconds.observe(attempt.seconds)
 
 

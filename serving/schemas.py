@@ -99,3 +99,34 @@ class ModelInfo(BaseModel):
 
 class Status(BaseModel):
     status: Literal["ok", "ready"]
+
+
+class ErrorResponse(BaseModel):
+    """400, 413, 503: what is wrong, in words."""
+
+    detail: str
+
+
+class UnknownUser(BaseModel):
+    error: str
+    user_id: str
+    missing_features: list[str]
+
+
+class UnknownUserResponse(BaseModel):
+    """404: the online store holds no features for the user."""
+
+    detail: UnknownUser
+
+
+class StaleFeatures(BaseModel):
+    error: str
+    user_ids: list[str]
+    features_as_of: datetime
+    max_feature_age_seconds: float
+
+
+class StaleFeaturesResponse(BaseModel):
+    """409 in strict mode: the features are older than the maximum age."""
+
+    detail: StaleFeatures

@@ -35,8 +35,18 @@ class ServingSettings(Settings):
     registry_timeout_seconds: int = Field(default=5, ge=1)
     registry_retries: int = Field(default=0, ge=0)
     batch_max_users: int = Field(default=1000, ge=1)
+    # Request bodies over this many bytes get 413, counted while they stream in (a declared
+    # Content-Length over it is refused before any of the body is read).
+    max_body_bytes: int = Field(default=1 << 20, ge=0)
     serve_host: str = "127.0.0.1"
     serve_port: int = 8000
+    # uvicorn's bounds on what clients can hold: past this many open connections or running
+    # requests it answers 503 at once rather than letting them pile up; idle keep-alive
+    # connections close after the timeout. Stalled clients hold only a socket each, so the
+    # concurrency limit sits well above the connections a burst of slow clients opens.
+    serve_limit_concurrency: int = Field(default=2048, ge=1)
+    serve_backlog: int = Field(default=2048, ge=1)
+    serve_timeout_keep_alive_seconds: int = Field(default=5, ge=1)
     # Off by default: the metrics count every request, and a log line per request costs about
     # as much as a prediction.
     serve_access_log: bool = False

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from serving.features import OnlineFeatureReader
+from serving.features import OnlineFeatureReader, OnlineStoreUnavailable
 from serving.metrics import ServingMetrics
 from serving.model import ModelManager, ModelUri, describe
 from serving.settings import ServingSettings
@@ -64,9 +64,20 @@ class ServingState:
 
     @property
     def not_ready_reason(self) -> str | None:
+        """Why the API cannot answer /predict from what it holds, or None."""
         reasons = []
         if self.models.current is None:
             reasons.append(f"model not loaded: {self.models.status.last_error or 'loading'}")
         if self.features is None:
             reasons.append(f"feature store not available: {self.features_error}")
         return "; ".join(reasons) or None
+
+    def probe(self) -> str | None:
+        """`not_ready_reason`, or else whether the online store answers a read right now."""
+        reason = self.not_ready_reason
+        if reason is None and self.features is not None:
+            try:
+                self.features.read([_PROBE_USER])
+            except OnlineStoreUnavailable as error:
+                return str(error)
+        return reason

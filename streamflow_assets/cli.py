@@ -158,6 +158,9 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host or settings.serve_host,
         port=args.port if args.port is not None else settings.serve_port,
         access_log=settings.serve_access_log,
+        limit_concurrency=settings.serve_limit_concurrency,
+        backlog=settings.serve_backlog,
+        timeout_keep_alive=settings.serve_timeout_keep_alive_seconds,
         log_config=log_config(),
     )
     return 0

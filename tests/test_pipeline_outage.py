@@ -26,7 +26,7 @@ from streamflow_assets.core.seeds import TABLES
 from streamflow_assets.core.settings import Settings
 from tests.faults import Pipeline, start_pipeline, wait_until
 from tests.profiles import POSTGRES, throwaway_databases
-from tests.proxy import tcp_proxy
+from tests.tcp_proxy import tcp_proxy
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.slow]
 
@@ -85,7 +85,7 @@ def test_postgres_cut_mid_online_write_fails_the_run_naming_it_and_the_rerun_suc
     as_of = months.as_of(JANUARY)
     with (
         throwaway_databases("", "_dagster") as (stores, dagster_db),
-        tcp_proxy(POSTGRES["port"]) as proxy,
+        tcp_proxy("127.0.0.1", POSTGRES["port"]) as proxy,
         psycopg.connect(dbname=stores, autocommit=True, **POSTGRES) as db,
     ):
         direct = Settings(postgres_db=dagster_db, postgres_port=POSTGRES["port"])

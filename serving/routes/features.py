@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from serving.dependencies import Features, State
-from serving.errors import unknown_user
+from serving.errors import NOT_READY, UNKNOWN_USER, unknown_user
 from serving.features import is_stale
 from serving.schemas import USER_ID_PATTERN, FeaturesResponse
 
@@ -17,10 +17,7 @@ router = APIRouter(tags=["features"])
 
 @router.get(
     "/features/{user_id}",
-    responses={
-        404: {"description": "Unknown user: `detail` has `error` and `missing_features`"},
-        503: {"description": "Feature store not loaded"},
-    },
+    responses=UNKNOWN_USER | NOT_READY,
 )
 async def features(
     user_id: Annotated[str, Path(pattern=USER_ID_PATTERN)], state: State, reader: Features

@@ -3,6 +3,7 @@
 from fastapi import APIRouter, HTTPException, status
 
 from serving.dependencies import State
+from serving.errors import NOT_READY
 from serving.schemas import Status
 
 router = APIRouter(tags=["health"])
@@ -14,10 +15,10 @@ async def health() -> Status:
     return Status(status="ok")
 
 
-@router.get("/ready", responses={503: {"description": "Model or feature store not loaded"}})
+@router.get("/ready", responses=NOT_READY)
 async def ready(state: State) -> Status:
-    """200 once the model and the feature store are loaded, else 503 with the reason."""
-    reason = state.not_ready_reason
+    """200 while the model is loaded and the online store answers, else 503 with the reason."""
+    reason = state.probe()
     if reason is not None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=reason)
     return Status(status="ready")

@@ -5,12 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from serving.dependencies import Model, State
+from serving.errors import NOT_READY
 from serving.schemas import ModelInfo, ReloadInfo
 
 router = APIRouter(tags=["model"])
 
 
-@router.get("/model", responses={503: {"description": "No model loaded yet"}})
+@router.get("/model", responses=NOT_READY)
 async def model_info(state: State, model: Model) -> ModelInfo:
     """The served version, its lineage and metrics; `reload` says whether a newer one failed."""
     status = state.models.status

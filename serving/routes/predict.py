@@ -9,7 +9,15 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from serving.dependencies import Scorer
-from serving.errors import batch_too_large, stale_features, unknown_user
+from serving.errors import (
+    BAD_BODY,
+    NOT_READY,
+    STALE,
+    UNKNOWN_USER,
+    batch_too_large,
+    stale_features,
+    unknown_user,
+)
 from serving.features import OnlineFeatureReader, OnlineFeatures, is_stale
 from serving.model import DECISION_THRESHOLD, LoadedModel
 from serving.schemas import (
@@ -23,12 +31,6 @@ from serving.state import ServingState
 from streamflow_assets.core.features import model_inputs
 
 router = APIRouter(tags=["predict"])
-
-_ERRORS = {
-    404: {"description": "Unknown user: `detail` has `error` and `missing_features`"},
-    409: {"description": "Stale features, in strict mode"},
-    503: {"description": "Model or feature store not loaded"},
-}
 
 
 def _score(
@@ -69,7 +71,7 @@ def _score(
     return results
 
 
-@router.post("/predict", responses=_ERRORS)
+@router.post("/predict", responses=BAD_BODY | UNKNOWN_USER | STALE | NOT_READY)
 async def predict(body: PredictRequest, scoring: Scorer) -> PredictResponse:
     """The churn prediction of one user, with the features it was made from."""
     # A local online-store read takes tens of microseconds: less than a hop to the thread pool
@@ -99,7 +101,7 @@ def _predict_batch(
     )
 
 
-@router.post("/predict/batch", responses={409: _ERRORS[409], 503: _ERRORS[503]})
+@router.post("/predict/batch", responses=BAD_BODY | STALE | NOT_READY)
 async def predict_batch(body: BatchPredictRequest, scoring: Scorer) -> BatchPredictResponse:
     """Predictions for up to `batch_max_users` users: one feature read, one model call."""
     limit = scoring.state.settings.batch_max_users

@@ -196,7 +196,9 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
     def _get_conn(self, config: RepoConfig, autocommit: bool = False) -> Iterator[Connection]:
         # Feast's version asserts the store type is literally "postgres"; one connection per
         # store object is what its singleton mode does too.
-        if not self._conn:
+        # A connection the server or network dropped stays closed: open a new one, so that a
+        # reader recovers from an outage without a restart.
+        if self._conn is None or self._conn.closed:
             self._conn = _get_conn(config.online_store)
         self._conn.set_autocommit(autocommit)
         yield self._conn

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,6 +122,17 @@ class Child:
                 self.process.wait()
 
 
+def serve(data_dir: Path, log: Path, **settings: object) -> tuple[Child, str]:
+    """`streamflow serve` over `data_dir` on a free loopback port; the child and its URL."""
+    port = free_port()
+    child = Child.start(
+        [str(STREAMFLOW), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        clean_env(data_dir, **settings),
+        log,
+    )
+    return child, f"http://127.0.0.1:{port}"
+
+
 def latest_csv_row(seeds: Path, user_id: str) -> dict[str, str]:
     """Every column of a user's row in the latest month's CSVs (each has one row per user)."""
     row: dict[str, str] = {}
@@ -137,3 +149,14 @@ def latest_csv_row(seeds: Path, user_id: str) -> dict[str, str]:
 def latest_user_ids(real_seeds: Path) -> list[str]:
     with open(real_seeds / LATEST_MONTH / "users.csv", newline="") as source:
         return [record["user_id"] for record in csv.DictReader(source)]
+
+
+@pytest.fixture(scope="session")
+def api_url(pipeline_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `streamflow serve` over the pipeline's stores (read only), ready; its base URL."""
+    child, url = serve(pipeline_data_dir, tmp_path_factory.mktemp("api") / "api.log")
+    try:
+        child.wait_for(f"{url}/ready", 200)
+        yield url
+    finally:
+        child.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,7 +195,8 @@ def test_a_batch_of_1000_is_served_and_1001_is_422(
     assert len(response.json()["results"]) == 1000
     too_many = client.post("/predict/batch", json={"user_ids": latest_user_ids[:1001]})
     assert too_many.status_code == 422
-    assert "1001" in too_many.json()["detail"]
+    (error,) = too_many.json()["detail"]
+    assert error["loc"] == ["body", "user_ids"] and "1001" in error["msg"]
 
 
 @pytest.mark.parametrize("body", [{"user_ids": []}, {"user_ids": ["bad id"]}, {"ids": ["x"]}])
@@ -330,3 +332,29 @@ def test_no_stores_at_all_is_503_not_a_crash(tmp_path: Path) -> None:
         assert "feature store not available" in ready.json()["detail"]
         assert client.get(f"/features/{KNOWN_USER}").status_code == 503
         assert client.post("/predict", json={"user_id": KNOWN_USER}).status_code == 503
+
+
+def test_a_failing_online_store_is_503_naming_it_and_recovers(data_dir_copy: Path) -> None:
+    """The SQLite store really failing (a table gone under the open connection), then back."""
+    online = sqlite3.connect(data_dir_copy / "feast" / "online.db")
+    with TestClient(create_app(serving_settings(data_dir_copy))) as client:
+        assert client.post("/predict", json={"user_id": KNOWN_USER}).status_code == 200
+        online.execute("ALTER TABLE streamflow_usage_agg_30d RENAME TO away")
+        online.commit()
+        try:
+            for answer in (
+                client.post("/predict", json={"user_id": KNOWN_USER}),
+                client.post("/predict/batch", json={"user_ids": [KNOWN_USER]}),
+                client.get(f"/features/{KNOWN_USER}"),
+                client.get("/ready"),
+            ):
+                assert answer.status_code == 503, answer.text
+                detail = answer.json()["detail"]
+                assert detail.startswith("online store MonotonicSqliteOnlineStore unavailable: ")
+                assert "no such table" in detail
+        finally:
+            online.execute("ALTER TABLE away RENAME TO streamflow_usage_agg_30d")
+            online.commit()
+            online.close()
+        assert client.post("/predict", json={"user_id": KNOWN_USER}).status_code == 200
+        assert client.get("/ready").status_code == 200

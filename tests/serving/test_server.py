@@ -18,11 +18,11 @@ from tests.serving.conftest import (
     KNOWN_USER,
     LATEST_AS_OF,
     REPO_ROOT,
-    STREAMFLOW,
     Child,
     clean_env,
     free_port,
     latest_csv_row,
+    serve,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -40,16 +40,6 @@ class Servers:
     no_model: str
     mlflow: Child
     tracking_uri: str
-
-
-def serve(data_dir: Path, log: Path, **settings: object) -> tuple[Child, str]:
-    port = free_port()
-    child = Child.start(
-        [str(STREAMFLOW), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        clean_env(data_dir, **settings),
-        log,
-    )
-    return child, f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
