@@ -10,9 +10,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
 from uvicorn.config import LOGGING_CONFIG
 
+from serving.features import OnlineStoreUnavailable
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.routes import features, health, metrics, model, predict
 from serving.settings import ServingSettings, get_serving_settings
@@ -88,6 +90,14 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
     )
     for module in (health, predict, features, model, metrics):
         app.include_router(module.router)
+
+    @app.exception_handler(OnlineStoreUnavailable)
+    async def online_store_unavailable(request: Request, error: OnlineStoreUnavailable):
+        # The store's outage, not the API's bug: 503 with the store named; the next read retries.
+        return JSONResponse(
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE, content={"detail": str(error)}
+        )
+
     app.add_middleware(MetricsMiddleware, metrics=app_metrics)
     return app
 

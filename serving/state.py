@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from serving.features import OnlineFeatureReader
+from serving.features import OnlineFeatureReader, OnlineStoreUnavailable
 from serving.metrics import ServingMetrics
 from serving.model import ModelManager, ModelUri, describe
 from serving.settings import ServingSettings
@@ -61,6 +61,16 @@ class ServingState:
         if attempt is not None:
             self.metrics.model_load_attempted(attempt)
         self.metrics.model_polled(self.models.current, self.models.status)
+
+    def online_store_problem(self) -> str | None:
+        """Why the opened online store does not answer right now (a networked store's outage)."""
+        if self.features is None:
+            return None
+        try:
+            self.features.read([_PROBE_USER])
+        except OnlineStoreUnavailable as error:
+            return str(error)
+        return None
 
     @property
     def not_ready_reason(self) -> str | None:

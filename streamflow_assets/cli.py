@@ -34,8 +34,8 @@ def dagster_postgres_env(settings: Settings, database: str = "dagster") -> dict[
 
 def prepare_dagster_home(settings: Settings) -> Path:
     """Point DAGSTER_HOME at the data dir's instance (unless set) and give it the profile's
-    dagster.yaml; under the postgres profile, default its DAGSTER_POSTGRES_* variables."""
-    if settings.profile == "postgres":
+    dagster.yaml; under the postgres and cluster profiles, default its DAGSTER_POSTGRES_*."""
+    if settings.uses_postgres:
         for name, value in dagster_postgres_env(settings).items():
             os.environ.setdefault(name, value)
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))).resolve()

@@ -4,7 +4,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dagster import AssetKey, DagsterInstance, Definitions
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    Definitions,
+    execute_job,
+    in_process_executor,
+    reconstructable,
+)
 
 from streamflow_assets.jobs import monthly_pipeline
 
@@ -41,7 +48,14 @@ def _first_error(result) -> str | None:
             while cause.cause:
                 cause = cause.cause
             return f"step {event.step_key}: {cause.message.strip()}"
-    return None if result.success else "run failed (see the Dagster UI)"
+    if result.success:
+        return None
+    # A run that failed before any step (its executor could not start: the broker is down).
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        if event.is_failure and error is not None:
+            return error.message.strip()
+    return "run failed (see the Dagster UI)"
 
 
 def run_month(
@@ -53,14 +67,29 @@ def run_month(
     """Run the monthly pipeline for one month: every asset, or just `assets` (and their checks)."""
     job = defs.resolve_job_def(monthly_pipeline.name)
     started = time.perf_counter()
-    result = job.execute_in_process(
-        partition_key=partition,
-        instance=instance,
-        asset_selection=[AssetKey(name) for name in assets] if assets else None,
-        raise_on_error=False,
-        # The one-line summary is the console output; every event stays in the instance and UI.
-        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-    )
+    selection = [AssetKey(name) for name in assets] if assets else None
+    # The one-line summary is the console output; every event stays in the instance and UI.
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    if job.executor_def.name == in_process_executor.name:
+        result = job.execute_in_process(
+            partition_key=partition,
+            instance=instance,
+            asset_selection=selection,
+            raise_on_error=False,
+            run_config=quiet,
+        )
+    else:
+        # Steps run in other processes (celery workers), which rebuild the job from the code
+        # location's module and record their events in the (shared) instance.
+        from streamflow_assets.definitions import monthly_pipeline_job
+
+        result = execute_job(
+            reconstructable(monthly_pipeline_job),
+            instance,
+            run_config=quiet,
+            tags={"dagster/partition": partition},
+            asset_selection=selection,
+        )
     evaluations = [
         event.asset_check_evaluation_data
         for event in result.all_events
