@@ -55,5 +55,5 @@ defs = build_definitions(get_settings())
 
 
 def monthly_pipeline_job() -> JobDefinition:
-    """The monthly job as another process (a celery worker) rebuilds it from this module."""
-    return defs.resolve_job_def(monthly_pipeline.name)
+    """The monthly job as another process (a celery worker) rebuilds it: from its settings."""
+    return build_definitions(get_settings()).resolve_job_def(monthly_pipeline.name)

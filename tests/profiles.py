@@ -101,11 +101,22 @@ def profile(name: str, data_dir: Path, seeds: Path) -> Iterator[Settings]:
         env.setenv("STREAMFLOW_PROFILE", name)
         env.setenv("STREAMFLOW_DATA_DIR", str(data_dir))
         env.setenv("STREAMFLOW_SEEDS_DIR", str(seeds))
-        if name == "postgres":
-            data, tracking = stack.enter_context(throwaway_databases("", "_mlflow"))
+        if name in ("postgres", "cluster"):
+            data, tracking, instance = stack.enter_context(
+                throwaway_databases("", "_mlflow", "_dagster")
+            )
             env.setenv("STREAMFLOW_POSTGRES_DB", data)
             server = mlflow_server(tracking, data_dir / "artifacts", data_dir / "mlflow.log")
             env.setenv("STREAMFLOW_MLFLOW_TRACKING_URI", stack.enter_context(server))
+        if name == "cluster":
+            from tests.cluster import dagster_home, rabbitmq_vhost, redis_db
+
+            env.setenv("STREAMFLOW_REDIS_DB", str(stack.enter_context(redis_db())))
+            env.setenv("STREAMFLOW_CELERY_BROKER", stack.enter_context(rabbitmq_vhost()))
+            get_settings.cache_clear()
+            home = dagster_home(get_settings(), data_dir / "dagster", instance)
+            for variable, value in home.items():
+                env.setenv(variable, value)
         get_settings.cache_clear()
         stack.callback(get_settings.cache_clear)
         yield get_settings()
