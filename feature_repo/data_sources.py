@@ -14,7 +14,7 @@ def snapshot_source(table: str) -> FileSource | PostgreSQLSource:
     """The snapshot table as the active profile stores it: parquet files, or a Postgres table."""
     settings = get_settings()
     name = f"{table}_source"
-    if settings.profile == "postgres":
+    if settings.uses_postgres:
         return PostgreSQLSource(name=name, table=table, timestamp_field=TIMESTAMP)
     return FileSource(
         name=name, path=str(settings.snapshots_dir / table), timestamp_field=TIMESTAMP

@@ -67,7 +67,13 @@ def cluster(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
             outcomes = run_months(MONTHS, defs=build_definitions(settings), instance=instance)
             assert all(o.success for o in outcomes), [o.error for o in outcomes]
             yield Cluster(
-                settings, env, instance, workers, worker_pids, [o.run_id for o in outcomes], data_dir
+                settings,
+                env,
+                instance,
+                workers,
+                worker_pids,
+                [o.run_id for o in outcomes],
+                data_dir,
             )
 
 
