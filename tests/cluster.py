@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -19,7 +18,6 @@ import pytest
 import redis
 
 from streamflow_assets.cli import dagster_postgres_env, dagster_yaml
-from streamflow_assets.core.celery import worker_command, write_worker_config
 from streamflow_assets.core.settings import Settings
 from tests.serving.conftest import Child
 
@@ -89,19 +87,16 @@ def group_pids(pgid: int) -> set[int]:
 def celery_workers(
     settings: Settings, env: dict[str, str], logs: Path, count: int = 2
 ) -> Iterator[list[Child]]:
-    """`count` workers started by dagster-celery's own command, each answering the broker's
-    ping before this yields; each is stopped (its process group) afterwards."""
+    """`count` workers started as `streamflow celery-worker` (dagster-celery's command), each
+    answering the broker's ping before this yields; each is stopped (its process group) after."""
     from celery import Celery
 
-    config = write_worker_config(settings, logs / "celery.yaml")
     names = [f"streamflow-test-{n}-{uuid.uuid4().hex[:6]}" for n in range(count)]
-    # dagster-celery runs `celery` by name; and the instance root holds its generated config.
-    env = env | {"PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
     workers = []
     app = Celery(broker=settings.celery_broker)
     try:
         for name in names:
-            command = worker_command(BIN, config, name)
+            command = [str(BIN / "streamflow"), "celery-worker", "--name", name]
             workers.append(Child.start(command, env, logs / f"{name}.log"))
         deadline = time.monotonic() + 180
         while True:
