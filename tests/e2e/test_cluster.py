@@ -19,8 +19,8 @@ from mlflow.tracking import MlflowClient
 
 from serving.features import OnlineFeatureReader
 from streamflow_assets.core import months
-from streamflow_assets.core.feature_store import materialize_month, open_store, read_online
-from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_VIEWS, JOIN_KEY
+from streamflow_assets.core.feature_store import materialize_month, open_store
+from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_SERVICE, FEATURE_VIEWS, JOIN_KEY
 from streamflow_assets.core.registry import MODEL_NAME, PRODUCTION_STAGE
 from streamflow_assets.core.settings import Settings
 from tests.cluster import REDIS, TcpProxy, celery_workers, group_pids, require_servers
@@ -101,6 +101,25 @@ def test_every_step_of_the_backfill_ran_in_a_celery_worker_process(cluster: Clus
         assert {e.step_key for e in taken} == {e.step_key for e in starts}
         hosts = {e.engine_event_data.metadata["Celery worker"].value for e in taken}
         assert all(host.startswith("streamflow-test-") for host in hosts)
+        _report_queue_latency(cluster.instance, run_id)
+
+
+def _report_queue_latency(instance, run_id: str) -> None:
+    """Print (with -s) how long each step waited from its queueing to its start in a worker."""
+    submitted, started = {}, {}
+    for entry in instance.all_logs(run_id):
+        event = entry.dagster_event
+        if event is None or event.step_key is None:
+            continue
+        if event.event_type_value == "ENGINE_EVENT" and "Submitting celery task" in event.message:
+            submitted[event.step_key] = entry.timestamp
+        elif event.event_type_value == "STEP_START":
+            started[event.step_key] = entry.timestamp
+    waits = sorted(started[key] - submitted[key] for key in started if key in submitted)
+    print(
+        f"run {run_id[:8]}: {len(waits)} steps, queue-to-start seconds "
+        f"min {waits[0]:.2f} median {waits[len(waits) // 2]:.2f} max {waits[-1]:.2f}"
+    )
 
 
 def test_features_are_read_back_from_redis_and_an_older_month_never_wins(
@@ -121,10 +140,13 @@ def test_features_are_read_back_from_redis_and_an_older_month_never_wins(
     assert client.dbsize() >= 7043
     # The reader's one HMGET per user returns what Feast's SDK returns; unknown users are unknown.
     sample = [*users[:25], "0000-NOBODY"]
-    sdk = read_online(store, sample)
+    sdk = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICE),
+        entity_rows=[{JOIN_KEY: user_id} for user_id in sample],
+    ).to_dict()
     fast = reader.read(sample)
     for name in FEATURE_NAMES:
-        assert fast.values[name] == sdk[name].where(sdk[name].notna(), None).tolist(), name
+        assert fast.values[name] == sdk[name], name
     assert sorted(fast.missing_features(len(sample) - 1)) == sorted(FEATURE_NAMES)
     assert not any(fast.missing_features(i) for i in range(len(sample) - 1))
 
