@@ -266,7 +266,8 @@ def test_a_worker_killed_mid_step_fails_the_run_and_the_rerun_rewrites_the_month
                     continue
                 for event in _events(instance, run.run_id, "STEP_START"):
                     # Only ever a pool process of the workers this module started.
-                    if event.step_key == "churn_model" and event.pid in cluster.worker_pids:
+                    ours = event.pid in cluster.worker_pids
+                    if event.step_key == "churn_model" and ours and not killed:
                         os.kill(event.pid, signal.SIGKILL)
                         killed.append(event.pid)
             time.sleep(0.1)
