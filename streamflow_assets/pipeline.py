@@ -8,11 +8,13 @@ from dagster import (
     AssetKey,
     DagsterInstance,
     Definitions,
+    RunsFilter,
     execute_job,
     in_process_executor,
     reconstructable,
 )
 
+from streamflow_assets.core.celery import BrokerUnreachable
 from streamflow_assets.jobs import monthly_pipeline
 
 
@@ -83,13 +85,22 @@ def run_month(
         # location's module and record their events in the (shared) instance.
         from streamflow_assets.definitions import monthly_pipeline_job
 
-        result = execute_job(
-            reconstructable(monthly_pipeline_job),
-            instance,
-            run_config=quiet,
-            tags={"dagster/partition": partition},
-            asset_selection=selection,
-        )
+        try:
+            result = execute_job(
+                reconstructable(monthly_pipeline_job),
+                instance,
+                run_config=quiet,
+                tags={"dagster/partition": partition},
+                asset_selection=selection,
+            )
+        except BrokerUnreachable as error:
+            # The executor could not start, which Dagster raises with the run left NOT_STARTED:
+            # record it as failed with the reason, so the UI says what the console says.
+            (run,) = instance.get_runs(RunsFilter(tags={"dagster/partition": partition}), limit=1)
+            instance.report_run_failed(run, message=str(error))
+            return MonthOutcome(
+                partition, run.run_id, False, time.perf_counter() - started, 0, 0, 0, str(error)
+            )
     evaluations = [
         event.asset_check_evaluation_data
         for event in result.all_events

@@ -245,6 +245,8 @@ def test_a_run_launched_with_the_broker_down_fails_at_once_naming_it(cluster: Cl
     # The run's own time, from the CLI's summary line (its imports take longer on a busy machine).
     (seconds,) = re.findall(r"2024-02  FAILED .*  ([0-9.]+)s  run", done.stdout)
     assert float(seconds) < 30, done.stdout
+    (run,) = cluster.instance.get_runs(limit=1)
+    assert run.is_failure
 
 
 def test_a_worker_killed_mid_step_fails_the_run_and_the_rerun_rewrites_the_month(
