@@ -2,6 +2,8 @@
 PYTHON ?= python3
 UV ?= $(shell command -v uv 2>/dev/null || echo .uv/bin/uv)
 SEEDS_DIR ?=
+# `make stack PROFILE=cluster`: the stack of another profile (default postgres).
+PROFILE ?=
 DEMO_SEEDS := $(or $(SEEDS_DIR),data/seeds)
 SF := .venv/bin/streamflow
 export UV_PYTHON_DOWNLOADS := never
@@ -47,9 +49,10 @@ format: install
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
 # The docker compose services started natively (PostgreSQL, MLflow, Dagster webserver + daemon,
-# API); pids and logs under $$STREAMFLOW_DATA_DIR/stack/ (default var/stack/).
+# API; with PROFILE=cluster also RabbitMQ, Redis and two celery workers); pids and logs under
+# $$STREAMFLOW_DATA_DIR/stack/ (default var/stack/).
 stack: install
-	.venv/bin/python -m streamflow_assets.stack up
+	$(if $(PROFILE),STREAMFLOW_PROFILE=$(PROFILE)) .venv/bin/python -m streamflow_assets.stack up
 
 stack-down:
-	.venv/bin/python -m streamflow_assets.stack down
+	$(if $(PROFILE),STREAMFLOW_PROFILE=$(PROFILE)) .venv/bin/python -m streamflow_assets.stack down

@@ -15,7 +15,7 @@ def snapshot_source(table: str) -> FileSource | PostgreSQLSource:
     """The snapshot table as the active profile stores it: parquet files, or a Postgres table."""
     settings = get_settings()
     name = f"{table}_source"
-    if settings.profile == "postgres":
+    if settings.uses_postgres:
         return PostgreSQLSource(name=name, table=table, timestamp_field=TIMESTAMP)
     # One parquet file per as_of (core/snapshots.py); the glob skips the store's hidden staging
     # files, and DuckDB reads the files it matches as one table, streaming.

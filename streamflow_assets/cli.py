@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -38,8 +39,8 @@ def dagster_postgres_env(settings: Settings, database: str = "dagster") -> dict[
 
 def prepare_dagster_home(settings: Settings) -> Path:
     """Point DAGSTER_HOME at the data dir's instance (unless set) and give it the profile's
-    dagster.yaml; under the postgres profile, default its DAGSTER_POSTGRES_* variables."""
-    if settings.profile == "postgres":
+    dagster.yaml; under the postgres and cluster profiles, default its DAGSTER_POSTGRES_*."""
+    if settings.uses_postgres:
         for name, value in dagster_postgres_env(settings).items():
             os.environ.setdefault(name, value)
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))).resolve()
@@ -175,6 +176,21 @@ def _dagster_dev(args: argparse.Namespace) -> int:
     os.execv(dagster, command)
 
 
+def _celery_worker(args: argparse.Namespace) -> int:
+    """A celery worker of the cluster profile: dagster-celery's own command, with the executor's
+    config (broker, results, acknowledgement) written from the same settings as the runs'."""
+    from streamflow_assets.core.celery import worker_command, write_worker_config
+
+    settings = get_settings()
+    prepare_dagster_home(settings)
+    config = write_worker_config(settings, settings.data_dir / "celery" / f"{args.name}.yaml")
+    bin_dir = Path(sys.executable).parent
+    # dagster-celery starts `celery` by name.
+    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+    command = worker_command(bin_dir, config, args.name, args.concurrency)
+    os.execv(command[0], command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="streamflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to bind (default: $STREAMFLOW_SERVE_HOST)")
     serve.add_argument("--port", type=int, help="port (default: $STREAMFLOW_SERVE_PORT)")
     serve.set_defaults(run=_serve)
+
+    worker = commands.add_parser(
+        "celery-worker", help="a dagster-celery worker that runs the cluster profile's steps"
+    )
+    worker.add_argument("--name", default=f"streamflow-{socket.gethostname()}-{os.getpid()}")
+    worker.add_argument("--concurrency", type=int, default=1, help="steps at a time")
+    worker.set_defaults(run=_celery_worker)
 
     dev = commands.add_parser("dagster-dev", help="the Dagster UI and daemon over this data dir")
     dev.add_argument("--host", default="127.0.0.1")

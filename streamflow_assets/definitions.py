@@ -1,6 +1,6 @@
 """The Dagster code location: every asset, check, job, sensor and resource of StreamFlow."""
 
-from dagster import Definitions, in_process_executor
+from dagster import Definitions, JobDefinition
 
 from streamflow_assets.assets.features import (
     feature_registry,
@@ -22,6 +22,7 @@ from streamflow_assets.assets.monitoring import (
 from streamflow_assets.assets.registry import production_model
 from streamflow_assets.assets.training import candidate_scores_online_features, churn_model
 from streamflow_assets.core.settings import Settings, get_settings
+from streamflow_assets.executors import build_executor
 from streamflow_assets.jobs import monthly_pipeline
 from streamflow_assets.resources import build_resources
 
@@ -46,12 +47,13 @@ def build_definitions(settings: Settings) -> Definitions:
         schedules=[build_freshness_schedule(settings)],
         sensors=[new_seed_month_sensor, *freshness_sensors],
         resources=build_resources(settings),
-        # One process per run rather than per step: every step process would re-import Feast,
-        # MLflow and scikit-learn (about 10 s each), which made a two-month backfill launched
-        # from the UI take 12-17 minutes instead of 3.5 on two cores. Scale out per run instead
-        # (a run launcher), or override the executor in a run's config.
-        executor=in_process_executor,
+        executor=build_executor(settings),
     )
 
 
 defs = build_definitions(get_settings())
+
+
+def monthly_pipeline_job() -> JobDefinition:
+    """The monthly job as another process (a celery worker) rebuilds it: from its settings."""
+    return build_definitions(get_settings()).resolve_job_def(monthly_pipeline.name)

@@ -8,8 +8,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, Definitions, RunsFilter
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    RunsFilter,
+    execute_job,
+    in_process_executor,
+    reconstructable,
+)
 
+from streamflow_assets.core.celery import BrokerUnreachable
 from streamflow_assets.jobs import monthly_pipeline
 
 # Every run records the process that executes it, so that a later pipeline can tell a run whose
@@ -53,7 +63,14 @@ def _first_error(result) -> str | None:
             while cause.cause:
                 cause = cause.cause
             return f"step {event.step_key}: {cause.message.strip()}"
-    return None if result.success else "run failed (see the Dagster UI)"
+    if result.success:
+        return None
+    # A run that failed before any step (its executor could not start: the broker is down).
+    for event in result.all_events:
+        error = getattr(event.event_specific_data, "error", None)
+        if event.is_failure and error is not None:
+            return error.message.strip()
+    return "run failed (see the Dagster UI)"
 
 
 def run_month(
@@ -68,20 +85,46 @@ def run_month(
     `on_start(partition, run_id)` is called just before the run starts.
     """
     job = defs.resolve_job_def(monthly_pipeline.name)
-    run_id = str(uuid.uuid4())  # the form of Dagster's own run ids
+    # The form of Dagster's own run ids; execute_job (celery) draws its own, which the lock
+    # cannot name beforehand.
+    run_id = str(uuid.uuid4())
     if on_start is not None:
         on_start(partition, run_id)
     started = time.perf_counter()
-    result = job.execute_in_process(
-        run_id=run_id,
-        partition_key=partition,
-        instance=instance,
-        asset_selection=[AssetKey(name) for name in assets] if assets else None,
-        raise_on_error=False,
-        tags=process_tags(),
-        # The one-line summary is the console output; every event stays in the instance and UI.
-        run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
-    )
+    selection = [AssetKey(name) for name in assets] if assets else None
+    # The one-line summary is the console output; every event stays in the instance and UI.
+    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    if job.executor_def.name == in_process_executor.name:
+        result = job.execute_in_process(
+            run_id=run_id,
+            partition_key=partition,
+            instance=instance,
+            asset_selection=selection,
+            raise_on_error=False,
+            tags=process_tags(),
+            run_config=quiet,
+        )
+    else:
+        # Steps run in other processes (celery workers), which rebuild the job from the code
+        # location's module and record their events in the (shared) instance.
+        from streamflow_assets.definitions import monthly_pipeline_job
+
+        try:
+            result = execute_job(
+                reconstructable(monthly_pipeline_job),
+                instance,
+                run_config=quiet,
+                tags={"dagster/partition": partition, **process_tags()},
+                asset_selection=selection,
+            )
+        except BrokerUnreachable as error:
+            # The executor could not start, which Dagster raises with the run left NOT_STARTED:
+            # record it as failed with the reason, so the UI says what the console says.
+            (run,) = instance.get_runs(RunsFilter(tags={"dagster/partition": partition}), limit=1)
+            instance.report_run_failed(run, message=str(error))
+            return MonthOutcome(
+                partition, run.run_id, False, time.perf_counter() - started, 0, 0, 0, str(error)
+            )
     evaluations = [
         event.asset_check_evaluation_data
         for event in result.all_events

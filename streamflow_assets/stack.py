@@ -1,4 +1,7 @@
-"""`make stack`: PostgreSQL, MLflow, Dagster webserver and daemon, and the API, without Docker."""
+"""`make stack`: PostgreSQL, MLflow, Dagster webserver and daemon, and the API, without Docker.
+
+Under the cluster profile also RabbitMQ and Redis (started when down) and two celery workers.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +29,19 @@ from streamflow_assets.core.settings import REPO_ROOT, Settings, get_settings
 
 # Every service binds to loopback: the native stack is for one user on one machine.
 HOST = "127.0.0.1"
-SERVICES = ("mlflow", "dagster-webserver", "dagster-daemon", "api")
+WORKERS = ("celery-worker-1", "celery-worker-2")
+SERVICES = ("mlflow", "dagster-webserver", "dagster-daemon", *WORKERS, "api")
+# How .ci/run starts the machine's own servers when they are down (both are system services that
+# other programs may share: `down` leaves them running).
+SYSTEM_SERVERS = {
+    "RabbitMQ": (5672, ["rabbitmq-server", "-detached"]),
+    "Redis": (
+        6379,
+        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379"]
+        + ["--save", "", "--appendonly", "no", "--dir", "/var/lib/redis"]
+        + ["--logfile", "/var/log/redis/ci.log"],
+    ),
+}
 # Started in between the service and its command: a process started with `&` by a shell inherits
 # SIGINT ignored, and Dagster handles SIGTERM as it handles SIGINT, so it would ignore
 # `stack down`. Resetting both to their defaults before exec makes SIGTERM stop it again.
@@ -144,6 +160,7 @@ class Stack:
                 f"{self.dagster_url}/server_info",
             ),
             Service("dagster-daemon", daemon, None),
+            *self.workers(),
             Service(
                 "api",
                 [str(bin_dir / "streamflow"), "serve", "--host", HOST]
@@ -151,6 +168,13 @@ class Stack:
                 f"{self.api_url}/health",
             ),
         ]
+
+    def workers(self) -> list[Service]:
+        """The cluster profile's celery workers (`streamflow celery-worker`: dagster-celery's)."""
+        if self.settings.profile != "cluster":
+            return []
+        command = [str(Path(sys.executable).parent / "streamflow"), "celery-worker", "--name"]
+        return [Service(name, [*command, name], None) for name in WORKERS]
 
     def pid_file(self, name: str) -> Path:
         return self.state_dir / f"{name}.pid"
@@ -194,6 +218,28 @@ def ensure_postgres(settings: Settings, timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"PostgreSQL did not accept connections within {timeout:.0f}s")
         time.sleep(0.5)
+
+
+def ensure_system_servers(timeout: float = 60.0) -> None:
+    """The cluster profile's RabbitMQ and Redis: started as .ci/run starts them when down."""
+    for name, (port, command) in SYSTEM_SERVERS.items():
+        if _port_answers(port):
+            continue
+        print(f"starting {name}")
+        subprocess.run(command, check=True)
+        deadline = time.monotonic() + timeout
+        while not _port_answers(port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not accept connections on {HOST}:{port}")
+            time.sleep(0.5)
+
+
+def _port_answers(port: int) -> bool:
+    try:
+        socket.create_connection((HOST, port), timeout=2).close()
+    except OSError:
+        return False
+    return True
 
 
 def _postgres_answers(settings: Settings) -> bool:
@@ -244,10 +290,10 @@ def prepare_dagster_home(stack: Stack) -> Path:
     home = stack.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
-    source = dagster_yaml("postgres")
+    source = dagster_yaml(stack.settings.profile)
     if not target.exists():
         # The instance of the docker compose stack, in PostgreSQL: the webserver, the daemon and
-        # the run workers share it, and so does the `streamflow` CLI under the postgres profile.
+        # the run workers share it, and so does the `streamflow` CLI under the same profile.
         shutil.copyfile(source, target)
     elif target.read_bytes() != source.read_bytes():
         print(f"keeping {target}, which differs from {source.name}")
@@ -375,6 +421,8 @@ def up(stack: Stack, names: Sequence[str] = SERVICES) -> dict[str, Record]:
     """
     settings = stack.settings
     ensure_postgres(settings)
+    if settings.profile == "cluster":
+        ensure_system_servers()
     created = create_databases(
         settings, [settings.postgres_db, stack.stack.mlflow_db, stack.stack.dagster_db]
     )

@@ -73,11 +73,14 @@ def mlflow_server(database: str, artifacts: Path, log: Path) -> Iterator[str]:
         "--port", str(port), "--workers", "1", "--backend-store-uri", backend,
         "--serve-artifacts", "--artifacts-destination", str(artifacts),
     ]  # fmt: skip
+    # As `make stack` runs it: without the job-queue workers (GenAI scorers) MLflow 3 starts.
+    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log, "w") as output:
-        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        # Minutes, not seconds, on a two-core machine that other test runs keep busy.
+        deadline = time.monotonic() + 300
         while True:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
@@ -101,11 +104,22 @@ def profile(name: str, data_dir: Path, seeds: Path) -> Iterator[Settings]:
         env.setenv("STREAMFLOW_PROFILE", name)
         env.setenv("STREAMFLOW_DATA_DIR", str(data_dir))
         env.setenv("STREAMFLOW_SEEDS_DIR", str(seeds))
-        if name == "postgres":
-            data, tracking = stack.enter_context(throwaway_databases("", "_mlflow"))
+        if name in ("postgres", "cluster"):
+            data, tracking, instance = stack.enter_context(
+                throwaway_databases("", "_mlflow", "_dagster")
+            )
             env.setenv("STREAMFLOW_POSTGRES_DB", data)
             server = mlflow_server(tracking, data_dir / "artifacts", data_dir / "mlflow.log")
             env.setenv("STREAMFLOW_MLFLOW_TRACKING_URI", stack.enter_context(server))
+        if name == "cluster":
+            from tests.cluster import dagster_home, rabbitmq_vhost, redis_db
+
+            env.setenv("STREAMFLOW_REDIS_DB", str(stack.enter_context(redis_db())))
+            env.setenv("STREAMFLOW_CELERY_BROKER", stack.enter_context(rabbitmq_vhost()))
+            get_settings.cache_clear()
+            home = dagster_home(get_settings(), data_dir / "dagster", instance)
+            for variable, value in home.items():
+                env.setenv(variable, value)
         get_settings.cache_clear()
         stack.callback(get_settings.cache_clear)
         yield get_settings()

@@ -1,6 +1,7 @@
 """Liveness and readiness."""
 
 from fastapi import APIRouter, HTTPException, status
+from starlette.concurrency import run_in_threadpool
 
 from serving.dependencies import State
 from serving.errors import NOT_READY
@@ -18,7 +19,8 @@ async def health() -> Status:
 @router.get("/ready", responses=NOT_READY)
 async def ready(state: State) -> Status:
     """200 while the model is loaded and the online store answers, else 503 with the reason."""
-    reason = state.probe()
+    # A networked online store (Redis, PostgreSQL) may hang while down: ask it off the loop.
+    reason = await run_in_threadpool(state.probe)
     if reason is not None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail=reason)
     return Status(status="ready")

@@ -5,7 +5,10 @@ backfill) would roll every user back to that month. These subclasses keep Feast'
 read path and change only the write: a row is replaced when its event time is not older than
 the stored one. `write_encoded` writes a month's views in one transaction (a crash or a lost
 connection leaves the month online whole or not at all) and reports what it did, for the
-`online_features` asset.
+`online_features` asset. Feast's Redis store compares event times itself, but reads them and
+writes in two round trips (two concurrent backfills can still roll a user back) and skips an
+equal time (a re-run of a month could not correct it): its subclass compares and writes in one
+server-side script.
 """
 
 from __future__ import annotations
@@ -19,10 +22,15 @@ from typing import Any, Literal
 
 from feast.feature_view import FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.helpers import compute_table_id
+from feast.infra.online_stores.helpers import _mmh3, compute_table_id
 from feast.infra.online_stores.postgres_online_store.postgres import (
     PostgreSQLOnlineStore,
     PostgreSQLOnlineStoreConfig,
+)
+from feast.infra.online_stores.redis import (
+    RedisOnlineStore,
+    RedisOnlineStoreConfig,
+    _versioned_fv_name,
 )
 from feast.infra.online_stores.sqlite import (
     SqliteOnlineStore,
@@ -35,7 +43,8 @@ from feast.infra.utils.postgres.connection_utils import _get_conn
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
-from feast.utils import to_naive_utc
+from feast.utils import make_tzaware, to_naive_utc
+from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg import Connection, Cursor, sql
 
 WriteBatch = Sequence[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]
@@ -244,3 +253,155 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
         with self._get_conn(config, autocommit=True) as conn:
             (newest,) = conn.execute(query).fetchone()
         return newest
+
+
+# Per entity hash: replace the view's fields when the offered event time is not older than the
+# stored one (both are Feast's serialized protobuf Timestamps, decoded here), all in one atomic
+# step, and keep the view's newest event time in one key beside the data (Redis has no max()).
+# KEYS: n entity hashes, then the newest-time key. ARGV: the view's timestamp field, the offered
+# Timestamp, its seconds and nanos, the feature count m, m feature fields, n*m values.
+_GUARDED_WRITE = """
+local function decode(bytes)
+  local seconds, nanos, i = 0, 0, 1
+  while i <= #bytes do
+    local tag = string.byte(bytes, i)
+    i = i + 1
+    local value, scale, byte = 0, 1, 128
+    while byte >= 128 do
+      byte = string.byte(bytes, i)
+      i = i + 1
+      value = value + (byte % 128) * scale
+      scale = scale * 128
+    end
+    if tag == 8 then seconds = value elseif tag == 16 then nanos = value end
+  end
+  return seconds, nanos
+end
+local function not_older(stored)
+  if not stored then return true end
+  local s, ns = decode(stored)
+  local seconds, nanos = tonumber(ARGV[3]), tonumber(ARGV[4])
+  return seconds > s or (seconds == s and nanos >= ns)
+end
+local m = tonumber(ARGV[5])
+local n = #KEYS - 1
+local written = 0
+for k = 1, n do
+  if not_older(redis.call('HGET', KEYS[k], ARGV[1])) then
+    local fields = {ARGV[1], ARGV[2]}
+    local base = 5 + m * k
+    for f = 1, m do
+      fields[#fields + 1] = ARGV[5 + f]
+      fields[#fields + 1] = ARGV[base + f]
+    end
+    redis.call('HSET', KEYS[k], unpack(fields))
+    written = written + 1
+  end
+end
+if written > 0 and not_older(redis.call('GET', KEYS[n + 1])) then
+  redis.call('SET', KEYS[n + 1], ARGV[2])
+end
+return written
+"""
+# Entities per script call: big enough to amortise the round trip, small enough that one call
+# holds the (shared) server for about a millisecond.
+_REDIS_CHUNK = 500
+
+
+class MonotonicRedisOnlineStoreConfig(RedisOnlineStoreConfig):
+    type: Literal["streamflow_assets.core.online_store.MonotonicRedisOnlineStore"] = (  # type: ignore[assignment]
+        "streamflow_assets.core.online_store.MonotonicRedisOnlineStore"
+    )
+
+
+class MonotonicRedisOnlineStore(RedisOnlineStore):
+    """Cluster profile: Feast's Redis layout and read path, the guarded write in one script."""
+
+    def _write(
+        self,
+        config: RepoConfig,
+        view: FeatureView,
+        entity_keys: Sequence[bytes],
+        values: dict[str, Sequence[bytes]],
+        event_ts: datetime,
+    ) -> int:
+        client = self._get_client(config.online_store)
+        script = client.register_script(_GUARDED_WRITE)
+        name = _versioned_fv_name(view, config)
+        project = config.project.encode()
+        stamp = Timestamp()
+        stamp.FromDatetime(make_tzaware(event_ts))
+        features = sorted(values)
+        head = [
+            f"_ts:{name}",
+            stamp.SerializeToString(),
+            stamp.seconds,
+            stamp.nanos,
+            len(features),
+            *(_mmh3(f"{name}:{feature}") for feature in features),
+        ]
+        newest = newest_key(config, view)
+        columns = [values[feature] for feature in features]
+        written = 0
+        for start in range(0, len(entity_keys), _REDIS_CHUNK):
+            chunk = slice(start, start + _REDIS_CHUNK)
+            keys = [key + project for key in entity_keys[chunk]]
+            rows = zip(*(column[chunk] for column in columns), strict=True)
+            cells = [value for row in rows for value in row]
+            written += script(keys=[*keys, newest], args=[*head, *cells])
+        return written
+
+    def write_encoded(
+        self, config: RepoConfig, views: Iterable[EncodedView], event_ts: datetime
+    ) -> dict[str, WriteStats]:
+        """Write a snapshot's views, already serialized and sharing one event time.
+
+        Redis has no transaction over a month: each user's view is replaced atomically (one
+        script), so a crash leaves some users at the new month and none rolled back, and the
+        re-run completes the month.
+        """
+        return {
+            encoded.view.name: WriteStats(
+                offered=len(encoded.entity_keys),
+                written=self._write(
+                    config, encoded.view, encoded.entity_keys, encoded.values, event_ts
+                ),
+            )
+            for encoded in views
+        }
+
+    def online_write_batch(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: WriteBatch,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """Feast's own write (`feast materialize`, `write_to_online_store`), guarded alike."""
+        version = config.entity_key_serialization_version
+        by_time: dict[datetime, list[tuple[bytes, dict[str, ValueProto]]]] = {}
+        for key, row, event_ts, _ in data:
+            serialized = serialize_entity_key(key, entity_key_serialization_version=version)
+            by_time.setdefault(event_ts, []).append((serialized, row))
+        for event_ts, rows in by_time.items():
+            names = sorted({name for _, row in rows for name in row})
+            values = {
+                name: [row[name].SerializeToString() if name in row else b"" for _, row in rows]
+                for name in names
+            }
+            self._write(config, table, [key for key, _ in rows], values, event_ts)
+        if progress:
+            progress(len(data))
+
+    def newest_event_time(self, config: RepoConfig, view: FeatureView) -> datetime | None:
+        stored = self._get_client(config.online_store).get(newest_key(config, view))
+        if stored is None:
+            return None
+        stamp = Timestamp()
+        stamp.ParseFromString(stored)
+        return stamp.ToDatetime(tzinfo=UTC)
+
+
+def newest_key(config: RepoConfig, view: FeatureView) -> bytes:
+    """The Redis key holding a view's newest event time (entity keys never start with `_`)."""
+    return f"_streamflow_newest:{config.project}:{_versioned_fv_name(view, config)}".encode()

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Profile = Literal["local", "postgres"]
+Profile = Literal["local", "postgres", "cluster"]
 AlertSink = Literal["jsonl", "webhook", "log"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,6 +39,15 @@ class Settings(BaseSettings):
     postgres_user: str = "postgres"
     postgres_password: SecretStr = SecretStr("")
     postgres_db: str = "streamflow"
+    # The `cluster` profile: the postgres profile's stores, Feast's online store in Redis, and
+    # Dagster steps on dagster-celery workers fed through RabbitMQ (results in Redis).
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 6379
+    redis_db: int = 0
+    # A read or write that gets no answer in this time fails (a down or cut Redis), not hangs.
+    redis_timeout_seconds: float = 2.0
+    celery_broker: str = "amqp://guest:guest@127.0.0.1:5672//"
+    celery_backend: str | None = None
 
     @field_validator("data_dir", "seeds_dir", "feature_repo")
     @classmethod
@@ -104,7 +113,7 @@ class Settings(BaseSettings):
     def tracking_uri(self) -> str:
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
-        if self.profile == "postgres":
+        if self.uses_postgres:
             return "http://127.0.0.1:5000"
         return f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
 
@@ -118,6 +127,16 @@ class Settings(BaseSettings):
             return None
         return (self.data_dir / "mlflow" / "artifacts").as_uri()
 
+    @property
+    def uses_postgres(self) -> bool:
+        """Snapshots, Feast's offline store and registry in PostgreSQL (postgres and cluster)."""
+        return self.profile in ("postgres", "cluster")
+
+    @property
+    def celery_results(self) -> str:
+        """Where celery workers put each step's events for the run: Redis, unless set."""
+        return self.celery_backend or f"redis://{self.redis_host}:{self.redis_port}/{self.redis_db}"
+
     def feast_env(self) -> dict[str, str]:
         """The variables `feature_store.yaml` refers to, so the `feast` CLI sees the same stores."""
         return {
@@ -127,6 +146,10 @@ class Settings(BaseSettings):
             "STREAMFLOW_POSTGRES_USER": self.postgres_user,
             "STREAMFLOW_POSTGRES_PASSWORD": self.postgres_password.get_secret_value(),
             "STREAMFLOW_POSTGRES_DB": self.postgres_db,
+            "STREAMFLOW_REDIS_HOST": self.redis_host,
+            "STREAMFLOW_REDIS_PORT": str(self.redis_port),
+            "STREAMFLOW_REDIS_DB": str(self.redis_db),
+            "STREAMFLOW_REDIS_TIMEOUT_SECONDS": str(self.redis_timeout_seconds),
         }
 
 

@@ -46,7 +46,7 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             ),
             database=settings.postgres_db,
         )
-        if settings.profile == "postgres"
+        if settings.uses_postgres
         else ParquetSnapshots(root=str(settings.snapshots_dir))
     )
     return {

@@ -1,0 +1,68 @@
+"""The cluster profile's celery setup: executor config, worker command, broker preflight."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kombu import Connection
+from kombu.utils.url import maybe_sanitize_url
+
+from streamflow_assets.core.settings import Settings
+
+# The queue dagster-celery routes every step to (its make_app names no other).
+QUEUE = "dagster"
+
+
+class BrokerUnreachable(RuntimeError):
+    """The celery broker does not accept connections: no step could ever be queued."""
+
+
+def executor_config(settings: Settings) -> dict[str, Any]:
+    """`celery_executor`'s config, the same for the run that queues steps and every worker."""
+    return {
+        "broker": settings.celery_broker,
+        "backend": settings.celery_results,
+        "config_source": {
+            # Acknowledge a step's message when it ends, not when it starts: a worker that dies
+            # whole (host lost, SIGKILL) drops its connection and the broker hands the step to
+            # another worker instead of the run waiting for a result forever. A pool process
+            # killed under a live worker fails the step (WorkerLostError) rather than looping.
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": False,
+            "broker_connection_retry_on_startup": True,
+            "broker_connection_timeout": 5,
+            "worker_hijack_root_logger": False,
+        },
+    }
+
+
+def write_worker_config(settings: Settings, path: Path) -> Path:
+    """The `-y` file of `dagster-celery worker start`: the executor config under `execution`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"execution": {"config": executor_config(settings)}}))
+    return path
+
+
+def worker_command(bin_dir: Path, config_yaml: Path, name: str, concurrency: int = 1) -> list[str]:
+    """The library's own worker command; one pool process runs one step at a time."""
+    return [
+        str(bin_dir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
+        "-y", str(config_yaml), "-n", name, "-q", QUEUE, "--",
+        f"--concurrency={concurrency}", "--pool=prefork",
+    ]  # fmt: skip
+
+
+def check_broker(url: str, timeout: float = 5.0) -> None:
+    """Connect to the broker once; raise `BrokerUnreachable` naming it (password hidden)."""
+    try:
+        with Connection(url, connect_timeout=timeout) as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as error:
+        # kombu raises per transport (OperationalError, socket errors, auth errors): all mean
+        # the same to a run that is about to queue its steps.
+        raise BrokerUnreachable(
+            f"celery broker {maybe_sanitize_url(url)} is not reachable "
+            f"({type(error).__name__}: {error}); start RabbitMQ or set STREAMFLOW_CELERY_BROKER"
+        ) from error
