@@ -69,7 +69,7 @@ def _invocation(feast_answer: bytes) -> bytes | None:
     if all(raw[name][0] is None for name in FEATURE_NAMES):
         return None
     columns = model_inputs(raw)
-    row = [columns[name][0].item() for name in FEATURE_NAMES]
+    row = [columns[name].tolist()[0] for name in FEATURE_NAMES]
     row = [None if isinstance(value, float) and math.isnan(value) else value for value in row]
     body = {"dataframe_split": {"columns": list(FEATURE_NAMES), "data": [row]}}
     return json.dumps(body).encode()
