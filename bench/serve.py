@@ -224,15 +224,23 @@ def measure(command: list[str], pid: int, sent: int) -> dict:
 
 
 def run_case(
-    client: str, port: int, path: str, users: Path | None, concurrency: int, args, pid: int
+    client: str,
+    port: int,
+    path: str,
+    users: Path | None,
+    concurrency: int,
+    args,
+    pid: int,
+    requests: int | None = None,
 ) -> dict:
+    requests = requests or args.requests
     command = [sys.executable, __file__, "--load", "--clients", client]
     command += ["--port", str(port), "--path", path]
-    command += ["--concurrency", str(concurrency), "--requests", str(args.requests)]
+    command += ["--concurrency", str(concurrency), "--requests", str(requests)]
     command += ["--warmup", str(args.warmup)]
     if users is not None:
         command += ["--method", "POST", "--user-ids", str(users)]
-    return measure(command, pid, args.requests + args.warmup)
+    return measure(command, pid, requests + args.warmup)
 
 
 def prepare(stack: ExitStack, args: argparse.Namespace) -> tuple[dict[str, str], Path]:
@@ -294,6 +302,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=Path, default=DEFAULT_SEEDS)
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=50)
+    # The textbook serves about 15 requests/s: a thousand would take minutes per concurrency.
+    parser.add_argument("--textbook-requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument(
         "--clients",
@@ -332,12 +342,19 @@ def main() -> None:
         for client in args.clients:
             for concurrency in args.concurrency:
                 cases = [
-                    (HEALTH, ours_port, "/health", None, ours.pid),
-                    (PREDICT, ours_port, "/predict", users_file, ours.pid),
-                    (TEXTBOOK, textbook_port, "/predict", users_file, textbook.pid),
+                    (HEALTH, ours_port, "/health", None, ours.pid, args.requests),
+                    (PREDICT, ours_port, "/predict", users_file, ours.pid, args.requests),
+                    (
+                        TEXTBOOK,
+                        textbook_port,
+                        "/predict",
+                        users_file,
+                        textbook.pid,
+                        args.textbook_requests,
+                    ),
                 ]
-                for name, port, path, users, pid in cases:
-                    result = run_case(client, port, path, users, concurrency, args, pid)
+                for name, port, path, users, pid, requests in cases:
+                    result = run_case(client, port, path, users, concurrency, args, pid, requests)
                     rss, peak = memory_mb(pid)
                     rows.append(
                         {"client": client, "case": name, "concurrency": concurrency, **result}
@@ -411,7 +428,8 @@ def render(
     lines = [
         "# Serving benchmark",
         "",
-        f"`python bench/serve.py`: {args.requests} requests per case after {args.warmup} warm-up, "
+        f"`python bench/serve.py`: {args.requests} requests per case ({args.textbook_requests} "
+        f"for the textbook) after {args.warmup} warm-up, "
         "the three cases interleaved per concurrency; the load generator runs in its own process "
         "on loopback, one keep-alive connection per concurrent client: `raw` is asyncio + uvloop "
         "sockets parsing only the status line and Content-Length (the tightest floor), `httpx` "
