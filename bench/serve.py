@@ -435,8 +435,8 @@ def render(
         "sockets parsing only the status line and Content-Length (the tightest floor), `httpx` "
         "an `httpx.AsyncClient` (opt-in: it costs about a millisecond per request itself). "
         "`/predict` bodies cycle through the 7,043 real users. Servers: `streamflow serve` and "
-        "`bench/textbook_server.py` (per request the Feast SDK read and the logged pyfunc "
-        "RandomForest with `n_jobs=-1`), one uvicorn process each, over the same stores built "
+        "`bench/textbook_server.py` (per request the Feast SDK read and the logged scikit-learn "
+        "Pipeline through `mlflow.pyfunc`), one uvicorn process each, over the same stores built "
         f"by the pipeline from the real seeds. {os.cpu_count()} CPUs shared by servers and load "
         f"generator; 1-minute load average {load_avg[0]:.1f} before and {load_avg[1]:.1f} after "
         "the run (the machine is shared with other work, whose load lands on every case).",
