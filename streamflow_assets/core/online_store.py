@@ -9,7 +9,7 @@ the stored one. `write_encoded` also reports what it did, for the `online_featur
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -64,7 +64,7 @@ class _Monotonic:
     def _timestamp(self, moment: datetime) -> Any:
         raise NotImplementedError
 
-    def _upsert(self, config: RepoConfig, view: FeatureView, rows: list[Row]) -> int:
+    def _upsert(self, config: RepoConfig, view: FeatureView, rows: Iterable[Row]) -> int:
         """Write rows whose event time is not older than the stored one; rows changed."""
         raise NotImplementedError
 
@@ -110,12 +110,15 @@ class _Monotonic:
         event, created = self._timestamp(event_ts), self._timestamp(datetime.now(UTC))
         names = sorted(values)
         columns = [values[name] for name in names]
-        rows = [
+        # A generator, not a list: the backends stream it (executemany, COPY), so a month of a
+        # million users never exists as millions of row tuples at once.
+        rows = (
             (key, name, value, event, created)
             for key, *row in zip(entity_keys, *columns, strict=True)
             for name, value in zip(names, row, strict=True)
-        ]
-        return self._stats(self._upsert(config, table, rows), len(rows), len(entity_keys))
+        )
+        changed = self._upsert(config, table, rows)
+        return self._stats(changed, len(entity_keys) * len(names), len(entity_keys))
 
 
 class MonotonicSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
@@ -131,7 +134,7 @@ class MonotonicSqliteOnlineStore(_Monotonic, SqliteOnlineStore):
         # Stored as Feast's sqlite adapter stores datetimes (epoch seconds of the naive UTC time).
         return adapt_datetime_epoch(to_naive_utc(moment))
 
-    def _upsert(self, config: RepoConfig, view: FeatureView, rows: list[Row]) -> int:
+    def _upsert(self, config: RepoConfig, view: FeatureView, rows: Iterable[Row]) -> int:
         # value_text is left empty: only Feast's document-search filters read it.
         upsert = (
             f"INSERT INTO {_quote_id(_table(config, view))} AS stored "
@@ -173,7 +176,7 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
     def _timestamp(self, moment: datetime) -> datetime:
         return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
-    def _upsert(self, config: RepoConfig, view: FeatureView, rows: list[Row]) -> int:
+    def _upsert(self, config: RepoConfig, view: FeatureView, rows: Iterable[Row]) -> int:
         target = sql.Identifier(_table(config, view))
         columns = sql.SQL("entity_key, feature_name, value, event_ts, created_ts")
         with self._get_conn(config) as conn, conn.transaction(), conn.cursor() as cur:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 USER_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 MAX_EXAMPLES = 5
@@ -151,36 +153,60 @@ def _examples(df: pd.DataFrame, mask: pd.Series, column: str) -> tuple[str, ...]
     )
 
 
+# Column-wide tests in pyarrow's C++ kernels: pandas' str.fullmatch and object isin call Python per
+# row, which made them most of a million-user month's ingestion time.
+def _fullmatch(text: pd.Series, pattern: str) -> pd.Series:
+    """Whether each value matches `pattern` whole (RE2: `$` is the end of the text, no newline)."""
+    matched = pc.match_substring_regex(_arrow_text(text), f"^(?:{pattern})$")
+    return pd.Series(matched.to_numpy(zero_copy_only=False), index=text.index)
+
+
+def _isin(values: pd.Series, allowed) -> pd.Series:
+    """Whether each value is one of the texts `allowed`; a missing value never is."""
+    try:
+        arrow = pa.array(values.to_numpy(dtype=object, na_value=None), type=pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        # Not all text (a stored snapshot written by something else): pandas compares any type.
+        return values.isin(list(allowed))
+    found = pc.is_in(arrow, value_set=pa.array(list(allowed), type=pa.string()))
+    return pd.Series(found.fill_null(False).to_numpy(zero_copy_only=False), index=values.index)
+
+
+def _arrow_text(text: pd.Series) -> pa.Array:
+    return pa.array(text.to_numpy(dtype=object), type=pa.string())
+
+
 def _parse_column(
     raw: pd.DataFrame, col: Column, file: str
 ) -> tuple[pd.Series | None, Problem | None]:
     text = raw[col.name]
     if col.kind is Kind.ID:
-        bad = ~text.str.fullmatch(USER_ID_PATTERN)
+        bad = ~_fullmatch(text, USER_ID_PATTERN)
         message = f"user_id must be 1-64 letters, digits, '-' or '_' (pattern {USER_ID_PATTERN})"
         return text, (
             Problem(file, col.name, message, _examples(raw, bad, col.name)) if bad.any() else None
         )
     if col.kind is Kind.BOOL:
-        bad = ~text.isin(["True", "False"])
+        bad = ~_isin(text, ["True", "False"])
         parsed = text == "True"
     elif col.kind is Kind.NULLABLE_BOOL:
         # Empty stays missing: coercing it to False (or True) would invent a plan the user lacks.
-        bad = ~text.isin(["True", "False", ""])
+        bad = ~_isin(text, ["True", "False", ""])
         parsed = (text == "True").astype("boolean").mask(text == "")
     elif col.kind is Kind.INT:
         # ASCII digits only (\d admits any Unicode digit), and at most 18 so it fits int64.
-        bad = ~text.str.fullmatch(r"-?[0-9]{1,18}")
+        bad = ~_fullmatch(text, r"-?[0-9]{1,18}")
         parsed = text.where(~bad, "0").astype(np.int64)
     elif col.kind is Kind.FLOAT:
-        valid = pd.to_numeric(text, errors="coerce").notna() & text.str.strip().eq(text)
+        trimmed = pc.utf8_trim_whitespace(_arrow_text(text)).to_numpy(zero_copy_only=False)
+        valid = pd.to_numeric(text, errors="coerce").notna() & (trimmed == text.to_numpy())
         # pd.to_numeric is not correctly rounded (1 ulp off for some long decimals); numpy's
         # conversion of the text is, so stored values equal the CSV's to the last bit.
         parsed = text.where(valid, "nan").astype(np.float64)
         bad = ~np.isfinite(parsed)
     elif col.kind is Kind.DATE:
         # strptime would also take 2022-2-5: insist on the zero-padded form of the contract.
-        shaped = text.str.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+        shaped = _fullmatch(text, r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
         parsed = pd.to_datetime(text.where(shaped, ""), format="%Y-%m-%d", errors="coerce").dt.date
         bad = parsed.isna()
     else:
@@ -212,7 +238,7 @@ def find_problems(table: SeedTable, df: pd.DataFrame) -> list[Problem]:
     for col in table.columns:
         values = df[col.name]
         if col.kind is Kind.CATEGORY:
-            unknown = ~values.isin(col.categories)
+            unknown = ~_isin(values, col.categories)
             if unknown.any():
                 message = f"unknown category, expected one of {list(col.categories)}"
                 problems.append(Problem(file, col.name, message, _examples(df, unknown, col.name)))
@@ -273,7 +299,7 @@ def cross_table_problems(frames: Mapping[str, pd.DataFrame]) -> list[Problem]:
         df = frames.get(table.snapshot)
         if df is None:
             continue
-        orphan = ~df["user_id"].isin(known)
+        orphan = ~_isin(df["user_id"], known)
         if orphan.any():
             message = f"user_id not in {USERS.file}"
             problems.append(
