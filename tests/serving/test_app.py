@@ -140,6 +140,20 @@ def test_a_64_character_user_id_is_valid_and_unknown(client: TestClient) -> None
     assert response.status_code == 404
 
 
+def test_every_body_of_predict_gets_the_declared_endpoints_answer(client: TestClient) -> None:
+    # `application/json` takes /predict's direct path, `...; charset=utf-8` FastAPI's declared
+    # endpoint: the answers must be the same bytes, and the same errors.
+    for body in (f'{{"user_id": "{KNOWN_USER}"}}', '{"user_id": "0000-NOBODY"}', '{"user_id": 1}'):
+        direct, declared = (
+            client.post("/predict", content=body, headers={"content-type": content_type})
+            for content_type in ("application/json", "application/json; charset=utf-8")
+        )
+        assert direct.status_code == declared.status_code, body
+        assert direct.content == declared.content, body
+        assert direct.headers["content-type"] == declared.headers["content-type"]
+    assert client.post("/predict", content=f'{{"user_id": "{KNOWN_USER}"}}').status_code == 422
+
+
 def test_malformed_json_is_422(client: TestClient) -> None:
     response = client.post(
         "/predict", content=b'{"user_id": ', headers={"content-type": "application/json"}
