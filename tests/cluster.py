@@ -1,14 +1,12 @@
-"""The cluster profile's servers in tests: a Redis db, a RabbitMQ vhost, celery workers, a proxy."""
+"""The cluster profile's servers in tests: a Redis db, a RabbitMQ vhost, celery workers."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -111,70 +109,6 @@ def celery_workers(
         app.close()
         for worker in workers:
             worker.stop()
-
-
-class TcpProxy:
-    """A loopback TCP forwarder to `target` on a port of its own, which a test can cut (close
-    the port and every connection through it) and restore: an outage of the server behind it."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        self.port = _free_port()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._thread.start()
-        self.restore()
-
-    def _run(self, coroutine) -> None:
-        asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, upstream_writer}
-        await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
-        )
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    async def _cut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-
-    def cut(self) -> None:
-        self._run(self._cut())
-
-    def restore(self) -> None:
-        self._run(self._start())
-
-    def close(self) -> None:
-        self.cut()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def dagster_home(settings: Settings, path: Path, database: str) -> dict[str, str]:

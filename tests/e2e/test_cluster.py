@@ -24,10 +24,11 @@ from streamflow_assets.core.feature_store import materialize_month, open_store
 from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_SERVICE, FEATURE_VIEWS, JOIN_KEY
 from streamflow_assets.core.registry import MODEL_NAME, PRODUCTION_STAGE
 from streamflow_assets.core.settings import Settings
-from tests.cluster import REDIS, TcpProxy, celery_workers, group_pids, require_servers
+from tests.cluster import REDIS, celery_workers, group_pids, require_servers
 from tests.conftest import child_env
 from tests.profiles import free_port, profile
 from tests.serving.conftest import KNOWN_USER, STREAMFLOW, Child
+from tests.tcp_proxy import TcpProxy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.postgres, pytest.mark.slow, pytest.mark.e2e]
 
@@ -175,7 +176,7 @@ def test_freshness_cli_reads_redis(cluster: Cluster) -> None:
 def test_predict_answers_from_redis_with_the_champion_from_mlflow_and_survives_an_outage(
     cluster: Cluster,
 ) -> None:
-    proxy = TcpProxy(REDIS)
+    proxy = TcpProxy(*REDIS)
     port = free_port()
     env = cluster.env | {
         "STREAMFLOW_REDIS_PORT": str(proxy.port),

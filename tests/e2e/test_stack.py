@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from streamflow_assets.core.settings import Settings
 from streamflow_assets.stack import _group_alive, create_databases, drop_databases
 from tests.conftest import child_env
 from tests.e2e.browser import CHROMIUM, chromium
+from tests.profiles import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -124,12 +124,6 @@ class NativeStack:
         )
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _recorded_groups(data_dir: Path) -> dict[str, int]:
     return {
         path.stem: json.loads(path.read_text())["pid"]
@@ -147,7 +141,7 @@ def native_stack(
     data_dir = tmp_path_factory.mktemp("e2e") / "data"
     stem = f"streamflow_e2e_{uuid.uuid4().hex[:10]}"
     databases = {role: f"{stem}_{role}" for role in ("streamflow", "mlflow", "dagster")}
-    ports = {name: _free_port() for name in ("mlflow", "dagster", "api")}
+    ports = {name: free_port() for name in ("mlflow", "dagster", "api")}
     env = child_env(
         **{
             "STREAMFLOW_PROFILE": "postgres",
