@@ -13,6 +13,7 @@ from streamflow_assets.assets.ingestion import (
     new_seed_month_sensor,
     snapshot_checks,
 )
+from streamflow_assets.assets.model_monitoring import monitoring_assets, retraining_sensor
 from streamflow_assets.assets.monitoring import (
     build_freshness_schedule,
     freshness_checks,
@@ -22,7 +23,7 @@ from streamflow_assets.assets.monitoring import (
 from streamflow_assets.assets.registry import production_model
 from streamflow_assets.assets.training import candidate_scores_online_features, churn_model
 from streamflow_assets.core.settings import Settings, get_settings
-from streamflow_assets.jobs import monthly_pipeline
+from streamflow_assets.jobs import build_monthly_pipeline, retraining
 from streamflow_assets.resources import build_resources
 
 
@@ -35,6 +36,7 @@ def build_definitions(settings: Settings) -> Definitions:
             training_dataset,
             churn_model,
             production_model,
+            *monitoring_assets,
         ],
         asset_checks=[
             *snapshot_checks,
@@ -42,9 +44,9 @@ def build_definitions(settings: Settings) -> Definitions:
             candidate_scores_online_features,
             *freshness_checks,
         ],
-        jobs=[monthly_pipeline, freshness_checks_job],
+        jobs=[build_monthly_pipeline(settings.retrain), retraining, freshness_checks_job],
         schedules=[build_freshness_schedule(settings)],
-        sensors=[new_seed_month_sensor, *freshness_sensors],
+        sensors=[new_seed_month_sensor, *freshness_sensors, retraining_sensor],
         resources=build_resources(settings),
         # One process per run rather than per step: every step process would re-import Feast,
         # MLflow and scikit-learn (about 10 s each), which made a two-month backfill launched

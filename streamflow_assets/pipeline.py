@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from dagster import AssetKey, DagsterInstance, Definitions
 
-from streamflow_assets.jobs import monthly_pipeline
+from streamflow_assets.jobs import MONTHLY_PIPELINE
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def run_month(
     assets: Sequence[str] | None = None,
 ) -> MonthOutcome:
     """Run the monthly pipeline for one month: every asset, or just `assets` (and their checks)."""
-    job = defs.resolve_job_def(monthly_pipeline.name)
+    job = defs.resolve_job_def(MONTHLY_PIPELINE)
     started = time.perf_counter()
     result = job.execute_in_process(
         partition_key=partition,

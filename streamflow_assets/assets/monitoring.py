@@ -39,7 +39,7 @@ from streamflow_assets.assets.features import online_features
 from streamflow_assets.core.alerts import Alert
 from streamflow_assets.core.freshness import FreshnessResult, FreshnessStatus
 from streamflow_assets.core.settings import Settings
-from streamflow_assets.jobs import monthly_pipeline
+from streamflow_assets.jobs import MONTHLY_PIPELINE
 from streamflow_assets.resources import (
     AlertSinkResource,
     FeatureStoreResource,
@@ -125,7 +125,7 @@ def _writing_run(context: ScheduleEvaluationContext) -> DagsterRun | None:
             online_features.key in run.asset_selection
             if run.asset_selection
             # A run without an asset selection runs its whole job.
-            else run.job_name == monthly_pipeline.name
+            else run.job_name == MONTHLY_PIPELINE
         )
         if writes_online:
             return run
