@@ -70,7 +70,7 @@ def online_features(
     frames = {table: tables.read(table, as_of) for table in _FEATURE_TABLES}
     store = feature_store.open()
     stats = materialize_month(store, frames, as_of)
-    online = store._get_provider().online_store
+    online = store.provider.online_store
     newest = {
         view: online.newest_event_time(store.config, store.get_feature_view(view)) for view in stats
     }

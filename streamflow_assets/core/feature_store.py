@@ -131,7 +131,7 @@ def materialize_month(
     and writes through the online store's guarded upsert, so older months never win. The Feast
     registry records the materialized interval, as `feast materialize` would.
     """
-    online = store._get_provider().online_store
+    online = store.provider.online_store
     # Every view of a month holds the same users: serialize each key once, in sorted order, which
     # is also the order that fills the online tables' B-trees in sequence.
     users = pd.Index(
