@@ -35,6 +35,7 @@ pytestmark = pytest.mark.slow
 SHIFTED = {"avg_session_mins_7d": ("usage_agg_30d.csv", 15.0, 1.0),
            "ticket_avg_resolution_hrs_90d": ("support_agg_90d.csv", 0.0, 3.0)}  # fmt: skip
 COPIED_MONTH, SHIFTED_MONTH = "2024-03", "2024-04"
+SENSOR_NEEDS = ("alerts", "freshness")
 
 
 def _write_month(source: Path, target: Path, shift: bool) -> None:
@@ -75,7 +76,8 @@ class Loop:
     def tick(self, cursor: str | None) -> SensorResult:
         from streamflow_assets.assets.model_monitoring import retraining_sensor
 
-        resources = build_resources(get_settings())
+        # What the sensor takes (the mlflow resource opens a run, which a sensor has none of).
+        resources = {k: v for k, v in build_resources(get_settings()).items() if k in SENSOR_NEEDS}
         with build_sensor_context(
             instance=self.instance, cursor=cursor, resources=resources
         ) as context:
