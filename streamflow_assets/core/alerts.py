@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +13,10 @@ from typing import Any, Literal
 import httpx
 
 AlertState = Literal["failing", "recovered"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -28,11 +32,7 @@ class Alert:
     actual_as_of: str | None
     summary: str
     link: str
-    time: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.time:
-            object.__setattr__(self, "time", datetime.now(UTC).isoformat(timespec="seconds"))
+    time: str = field(default_factory=_now)
 
     @property
     def title(self) -> str:
@@ -97,11 +97,7 @@ class MonitoringAlert:
     policy: str
     summary: str
     link: str
-    time: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.time:
-            object.__setattr__(self, "time", datetime.now(UTC).isoformat(timespec="seconds"))
+    time: str = field(default_factory=_now)
 
     @property
     def title(self) -> str:

@@ -153,6 +153,22 @@ def test_a_backfill_of_an_older_month_changes_nothing_in_production(built: Built
     assert decision["champion_after"] == before[1]
 
 
+def test_the_monitoring_assets_ran_with_the_month(built: Built) -> None:
+    """On this profile's stores: scores stored per month by the champion after it; February
+    judged against January's model."""
+    store = build_resources(built.settings)["snapshots"].store()
+    scores = store.read("batch_scores", months.as_of("2024-02"))
+    champion = production_state(built.client)[1]
+    assert len(scores) == 7043 and set(scores["model_version"]) == {champion}
+    assert scores["probability"].between(0, 1).all()
+    assert set(scores["prediction"]) <= {0, 1}
+    drift = metadata(built.instance, "feature_drift", "2024-02")
+    assert drift["status"] == "measured" and drift["reference_partition"] == "2024-01"
+    decay = metadata(built.instance, "model_performance", "2024-02")
+    assert decay["incumbent_version"] == "1" and decay["decay"] > 0.25
+    assert metadata(built.instance, "feature_drift", "2024-01")["status"] == "no_incumbent"
+
+
 def test_hyperparameters_are_overridable_at_launch(built: Built) -> None:
     from streamflow_assets.definitions import build_definitions
 
