@@ -1,8 +1,7 @@
-"""The textbook /predict the original stack served: Feast SDK read + pyfunc forest, per request.
+"""The textbook /predict the original stack served: Feast SDK read + pyfunc model, per request.
 
 The baseline of `bench/serve.py`: per request `FeatureStore.get_online_features` and the
-scikit-learn Pipeline as logged, through `mlflow.pyfunc`, with the forest's `n_jobs=-1` as it
-was trained (StreamFlow's training sets 1 before logging; the original never did).
+scikit-learn Pipeline as logged, through `mlflow.pyfunc`, on a one-row DataFrame.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_serving_settings()
     mlflow.set_tracking_uri(settings.tracking_uri)
     model = mlflow.pyfunc.load_model(settings.model_uri)
-    model.get_raw_model().named_steps["forest"].n_jobs = -1
     state.update(store=open_store(settings), model=model)
     yield
 

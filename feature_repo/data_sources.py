@@ -1,6 +1,7 @@
 """One Feast source per snapshot table, named `<table>_source`; the profile picks the backend."""
 
 from feast import FileSource
+from feast.data_format import ParquetFormat
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source import (
     PostgreSQLSource,
 )
@@ -16,8 +17,13 @@ def snapshot_source(table: str) -> FileSource | PostgreSQLSource:
     name = f"{table}_source"
     if settings.profile == "postgres":
         return PostgreSQLSource(name=name, table=table, timestamp_field=TIMESTAMP)
+    # One parquet file per as_of (core/snapshots.py); the glob skips the store's hidden staging
+    # files, and DuckDB reads the files it matches as one table, streaming.
     return FileSource(
-        name=name, path=str(settings.snapshots_dir / table), timestamp_field=TIMESTAMP
+        name=name,
+        path=str(settings.snapshots_dir / table / "*.parquet"),
+        file_format=ParquetFormat(),
+        timestamp_field=TIMESTAMP,
     )
 
 

@@ -14,7 +14,7 @@ from streamflow_assets.core import months
 from streamflow_assets.core.promotion import Contender, decide
 from streamflow_assets.core.registry import CHAMPION_ALIAS, Registry, as_of_of
 from streamflow_assets.core.settings import get_settings
-from streamflow_assets.core.training import ForestParams, split
+from streamflow_assets.core.training import ModelParams, one_thread, split
 from streamflow_assets.freshness import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import ModelRegistryResource, SnapshotsResource
@@ -32,7 +32,8 @@ class PromotionConfig(Config):
 
 def _auc_on(registry: Registry, version: ModelVersion, x_val, y_val) -> float:
     model = mlflow.pyfunc.load_model(f"models:/{registry.name}/{version.version}")
-    probability = np.asarray(model.predict(x_val))[:, 1]
+    with one_thread():
+        probability = np.asarray(model.predict(x_val))[:, 1]
     return float(roc_auc_score(y_val, probability)) if len(set(y_val)) == 2 else math.nan
 
 
@@ -62,7 +63,7 @@ def production_model(
     # Both are judged on the candidate month's held-out rows, re-drawn exactly as in training.
     dataset = snapshots.store().read(TRAINING_TABLE, months.as_of(key)).drop(columns=["as_of"])
     trained_with = registry.client.get_run(candidate.run_id).data.params
-    params = ForestParams(
+    params = ModelParams(
         validation_size=float(trained_with["validation_size"]),
         random_state=int(trained_with["random_state"]),
     )

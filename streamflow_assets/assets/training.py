@@ -38,8 +38,9 @@ from streamflow_assets.core.features import (
 from streamflow_assets.core.registry import MODEL_NAME
 from streamflow_assets.core.settings import get_settings
 from streamflow_assets.core.training import (
-    ForestParams,
+    ModelParams,
     confusion_matrix_png,
+    one_thread,
     roc_curve_png,
     to_onnx,
     train,
@@ -62,14 +63,16 @@ CHECK_SAMPLE = 1000
 
 
 class ChurnModelConfig(Config):
-    """Hyperparameters of the forest; override them at launch in the Dagster UI."""
+    """Hyperparameters of the model; override them at launch in the Dagster UI."""
 
-    n_estimators: int = ForestParams.n_estimators
-    min_samples_leaf: int = ForestParams.min_samples_leaf
-    max_depth: int | None = ForestParams.max_depth
-    class_weight: str | None = ForestParams.class_weight
-    random_state: int = ForestParams.random_state
-    validation_size: float = ForestParams.validation_size
+    learning_rate: float = ModelParams.learning_rate
+    max_iter: int = ModelParams.max_iter
+    max_leaf_nodes: int = ModelParams.max_leaf_nodes
+    min_samples_leaf: int = ModelParams.min_samples_leaf
+    l2_regularization: float = ModelParams.l2_regularization
+    class_weight: str | None = ModelParams.class_weight
+    random_state: int = ModelParams.random_state
+    validation_size: float = ModelParams.validation_size
 
 
 def _image(png: bytes, title: str) -> str:
@@ -103,7 +106,7 @@ def churn_model(
     key = context.partition_key
     as_of = months.as_of(key)
     dataset = snapshots.store().read(TRAINING_TABLE, as_of).drop(columns=["as_of"])
-    params = ForestParams(**config.model_dump())
+    params = ModelParams(**config.model_dump())
     trained = train(dataset, params)
     onnx_model = to_onnx(trained.pipeline, trained.split.x_val)
     # Imported here: skops takes seconds to load, and only this step needs it.
@@ -189,7 +192,8 @@ def candidate_scores_online_features(
     online = read_online(feature_store.open(), sample[JOIN_KEY].tolist())
     known = online[[f.name for f in FEATURES]].notna().any(axis=1).to_numpy()
     model = mlflow_pyfunc.load_model(f"models:/{MODEL_NAME}/{candidate.version}")
-    probability = np.asarray(model.predict(to_model_frame(online[known])))[:, 1]
+    with one_thread():
+        probability = np.asarray(model.predict(to_model_frame(online[known])))[:, 1]
     y = sample[LABEL].astype(int).to_numpy()[known]
     auc = float(roc_auc_score(y, probability)) if len(set(y)) == 2 else float("nan")
     return AssetCheckResult(

@@ -177,11 +177,11 @@ def test_hyperparameters_are_overridable_at_launch(built: Built) -> None:
         partition_key="2024-02",
         instance=built.instance,
         asset_selection=[AssetKey("churn_model")],
-        run_config={"ops": {"churn_model": {"config": {"n_estimators": 25}}}},
+        run_config={"ops": {"churn_model": {"config": {"max_iter": 25}}}},
     )
     assert result.success
     newest = versions(built.client)[-1]
-    assert built.client.get_run(newest.run_id).data.params["n_estimators"] == "25"
+    assert built.client.get_run(newest.run_id).data.params["max_iter"] == "25"
 
 
 def test_the_month_labels_are_what_the_model_was_scored_on(built: Built) -> None:
