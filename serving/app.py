@@ -83,7 +83,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="StreamFlow churn API",
-        summary="Churn predictions from the Production model and the Feast online store.",
+        summary="Churn predictions from the champion model and the Feast online store.",
         lifespan=lifespan,
     )
     for module in (health, predict, features, model, metrics):
