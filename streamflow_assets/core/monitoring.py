@@ -118,16 +118,33 @@ def _all_missing(column: pd.Series) -> bool:
     return bool(column.isna().all() or (column.dtype == object and (column == "missing").all()))
 
 
+# Rows per side Evidently tests: its time grows with the rows (two minutes for 100,000 users on
+# two busy cores), while a distance between two distributions is as well estimated from a seeded
+# uniform sample of this size; above 1,000 rows the tests it chooses are the same.
+DRIFT_SAMPLE_ROWS = 20_000
+
+
+def _sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
+    return frame if len(frame) <= rows else frame.sample(n=rows, random_state=0)
+
+
 def measure_drift(
-    reference: pd.DataFrame, current: pd.DataFrame, share_threshold: float
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    share_threshold: float,
+    sample_rows: int = DRIFT_SAMPLE_ROWS,
 ) -> tuple[DriftResult, str]:
     """Evidently's DataDriftPreset on `DRIFT_COLUMNS`: the result and the report as HTML.
 
-    A column without a single value on one side cannot be tested; it is reported as drifted
-    (statistic `all values missing in …`), since a feature that lost every value has moved.
+    Each side is a seeded sample of at most `sample_rows` rows. A column without a single value
+    on one side cannot be tested; it is reported as drifted (statistic `all values missing in
+    …`), since a feature that lost every value has moved.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
+
+    rows = (len(reference), len(current))
+    reference, current = _sample(reference, sample_rows), _sample(current, sample_rows)
 
     empty = {
         name: side
@@ -172,8 +189,8 @@ def measure_drift(
         columns=columns,
         drift_share=sum(c.drifted for c in columns) / len(columns),
         share_threshold=share_threshold,
-        reference_rows=len(reference),
-        current_rows=len(current),
+        reference_rows=rows[0],
+        current_rows=rows[1],
     )
     return result, snapshot.get_html_str(as_iframe=False)
 

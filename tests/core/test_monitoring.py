@@ -143,3 +143,12 @@ def test_retrain_reasons(changes: dict, expected: list[RetrainReason]) -> None:
 
 def test_months_between() -> None:
     assert months_between("2024-11", "2025-02") == 3
+
+
+def test_large_sides_are_sampled_and_keep_their_verdicts(january: pd.DataFrame) -> None:
+    current = january.copy()
+    current["watch_hours_30d"] += 10
+    full, _ = measure_drift(january, current, 0.1)
+    sampled, _ = measure_drift(january, current, 0.1, sample_rows=2000)
+    assert sampled.drifted == full.drifted == ["watch_hours_30d"]
+    assert (sampled.reference_rows, sampled.current_rows) == (7043, 7043)
