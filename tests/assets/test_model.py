@@ -55,7 +55,12 @@ def versions(client: MlflowClient) -> list:
 
 def production_state(client: MlflowClient) -> tuple[list[str], str]:
     """Versions holding the champion alias, and the one it names; no version is staged."""
-    holders = [v.version for v in versions(client) if CHAMPION_ALIAS in v.aliases]
+    # Searches leave aliases out of the versions they return: ask for each version.
+    holders = [
+        v.version
+        for v in versions(client)
+        if CHAMPION_ALIAS in client.get_model_version(MODEL_NAME, v.version).aliases
+    ]
     assert all(v.current_stage == "None" for v in versions(client))
     alias = client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version
     return holders, alias
