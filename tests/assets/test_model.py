@@ -163,7 +163,7 @@ def test_the_monitoring_assets_ran_with_the_month(built: Built) -> None:
     judged against January's model."""
     store = build_resources(built.settings)["snapshots"].store()
     scores = store.read("batch_scores", months.as_of("2024-02"))
-    champion = production_state(built.client)[1]
+    champion = str(production_state(built.client)[1])
     assert len(scores) == 7043 and set(scores["model_version"]) == {champion}
     assert scores["probability"].between(0, 1).all()
     assert set(scores["prediction"]) <= {0, 1}

@@ -58,8 +58,9 @@ def test_the_served_model_gauge_names_version_and_training_month(pipeline_data_d
         model = client.get("/model").json()
         client.post("/predict", json={"user_id": KNOWN_USER})
         text = client.get("/metrics").text
-    labels = f'version="{model["version"]}",training_month="{model["partition"]}"'
-    assert f"streamflow_model_info{{{labels}}} 1.0" in text
+    (info,) = [f for f in text_string_to_metric_families(text) if f.name == "streamflow_model_info"]
+    served = {(s.labels["version"], s.labels["training_month"]) for s in info.samples if s.value}
+    assert served == {(model["version"], model["partition"])}
     assert "streamflow_prediction_probability_count 1.0" in text
 
 
@@ -111,8 +112,14 @@ def test_prometheus_scrapes_the_running_api(pipeline_data_dir: Path, tmp_path: P
             "probability": "streamflow_prediction_probability_count",
         }
         found: dict[str, list[dict]] = {}
+
+        def complete() -> bool:
+            requests = found.get("requests")
+            return len(found) == len(wanted) and float(requests[0]["value"][1]) >= 20
+
         deadline = time.monotonic() + 60
-        while len(found) < len(wanted) and time.monotonic() < deadline:
+        # Until a scrape has seen all 20 predictions (one may land between two scrapes).
+        while not complete() and time.monotonic() < deadline:
             for name, expression in wanted.items():
                 if result := _query(url, expression):
                     found[name] = result
