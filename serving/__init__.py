@@ -1,1 +1,1 @@
-"""StreamFlow serving: FastAPI app over the Production model and the online store."""
+"""StreamFlow serving: FastAPI app over the champion model and the online store."""

@@ -85,7 +85,7 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="StreamFlow churn API",
-        summary="Churn predictions from the Production model and the Feast online store.",
+        summary="Churn predictions from the champion model and the Feast online store.",
         lifespan=lifespan,
     )
     add_error_handlers(app)

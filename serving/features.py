@@ -140,7 +140,7 @@ class OnlineFeatureReader:
     def __init__(self, store: FeatureStore, use_sql: bool | None = None):
         service = store.get_feature_service(FEATURE_SERVICE)
         self._config = store.config
-        self._online = store._get_provider().online_store
+        self._online = store.provider.online_store
         self._views = [
             (store.get_feature_view(projection.name), tuple(f.name for f in projection.features))
             for projection in service.feature_view_projections

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the API: requests by route and status, predictions, staleness, reloads."""
+"""Prometheus metrics of the API: requests, predictions, served probabilities, the model."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # Sub-millisecond buckets: a prediction takes well under a millisecond, a batch tens of them.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Tenths: what the batch_scores histogram of the monitoring assets uses, so the two compare.
+PROBABILITY_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 # Requests that match no route are counted under one label, so probing URLs cannot grow series.
 UNMATCHED = "unmatched"
 
@@ -47,6 +49,12 @@ class ServingMetrics:
             ["prediction"],
             registry=self.registry,
         )
+        self.probability = Histogram(
+            "streamflow_prediction_probability",
+            "Churn probabilities served (the served model's score distribution).",
+            buckets=PROBABILITY_BUCKETS,
+            registry=self.registry,
+        )
         self.stale = Counter(
             "streamflow_stale_features",
             "Users whose features were older than the maximum age: flagged or refused (strict).",
@@ -61,6 +69,12 @@ class ServingMetrics:
         self.model_version = Gauge(
             "streamflow_model_version",
             "Version of the model being served (0 before one is loaded).",
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "streamflow_model_info",
+            "1 for the served model version, labelled with its version and training month.",
+            ["version", "training_month"],
             registry=self.registry,
         )
         self.model_loaded_at = Gauge(
@@ -120,6 +134,8 @@ class ServingMetrics:
     def model_polled(self, current: LoadedModel | None, status: ReloadStatus) -> None:
         if current is not None:
             self.model_version.set(int(current.version))
+            self.model_info.clear()
+            self.model_info.labels(current.version, current.tags.get("partition", "unknown")).set(1)
             self.model_loaded_at.set(current.loaded_at.timestamp())
         self.reload_failing.set(1 if status.failed_version is not None else 0)
         if status.registry_reachable is not None:

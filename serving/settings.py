@@ -8,7 +8,7 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from streamflow_assets.core.registry import MODEL_NAME, PRODUCTION_STAGE
+from streamflow_assets.core.registry import CHAMPION_URI
 from streamflow_assets.core.settings import Settings
 
 
@@ -21,8 +21,9 @@ class ServingSettings(Settings):
 
     model_config = SettingsConfigDict(env_prefix="STREAMFLOW_", extra="ignore")
 
-    # `models:/<name>/<stage>`, `models:/<name>@<alias>` or `models:/<name>/<version>`.
-    model_uri: str = f"models:/{MODEL_NAME}/{PRODUCTION_STAGE}"
+    # `models:/<name>@<alias>` (the champion alias by default), `models:/<name>/<version>`, or a
+    # legacy `models:/<name>/<stage>`.
+    model_uri: str = CHAMPION_URI
     # Features whose event time is older than this (against the wall clock) are stale. Off by
     # default, as for the freshness checks: historical seeds such as the real ones are years old.
     max_feature_age_days: float | None = Field(default=None, gt=0)

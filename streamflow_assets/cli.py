@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
@@ -146,6 +147,88 @@ def _freshness(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _latest_metadata(instance, asset: str, partition: str) -> dict[str, object] | None:
+    from dagster import AssetKey, AssetRecordsFilter
+
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return None
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def monitor_report(instance, partition: str | None) -> tuple[int, dict[str, object]]:
+    """A month's drift and decay as the monitoring assets recorded them, and its exit code:
+    0 nothing drifted and decay within its threshold, 1 drift or decay, 2 cannot tell."""
+    from dagster import AssetKey
+
+    if partition is None:
+        partitions = instance.get_materialized_partitions(AssetKey("feature_drift"))
+        if not partitions:
+            return 2, {"partition": None, "error": "feature_drift was never materialized"}
+        partition = max(partitions)
+    months.month_index(partition)
+    drift = _latest_metadata(instance, "feature_drift", partition)
+    if drift is None:
+        return 2, {"partition": partition, "error": f"feature_drift {partition} not materialized"}
+    if drift.get("status") != "measured":
+        return 2, {"partition": partition, "error": f"{drift.get('status')}: {drift.get('reason')}"}
+    measured = drift["drift"]
+    decay = _latest_metadata(instance, "model_performance", partition) or {}
+    performance = (
+        {"auc": decay["auc"], "decay": decay["decay"], "model_version": decay["incumbent_version"]}
+        if decay.get("status") == "measured"
+        else None
+    )
+    report = {
+        "partition": partition,
+        "reference_partition": drift["reference_partition"],
+        "drift_share": measured["drift_share"],
+        "dataset_drift": measured["dataset_drift"],
+        "columns": {
+            name: {k: facts[k] for k in ("statistic", "score", "threshold", "drifted")}
+            for name, facts in measured["columns"].items()
+        },
+        "performance": performance,
+    }
+    decayed = performance is not None and performance["decay"] > get_settings().decay_max_auc_drop
+    drifted = measured["dataset_drift"] or any(c["drifted"] for c in report["columns"].values())
+    return (1 if drifted or decayed else 0), report
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    """Print a month's drift table, drift share and decay; exit 0 fine, 1 drift/decay, 2 unknown."""
+    prepare_dagster_home(get_settings())
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        code, report = monitor_report(instance, args.partition)
+    if args.json:
+        print(json.dumps(report))
+        return code
+    if "error" in report:
+        print(f"streamflow monitor: {report['error']}", file=sys.stderr)
+        return code
+    print(f"partition {report['partition']} vs reference {report['reference_partition']}")
+    print(f"{'column':<32}{'statistic':<34}{'score':>10}{'threshold':>11}  drifted")
+    for name, c in report["columns"].items():
+        score = "-" if c["score"] is None else f"{c['score']:.4f}"
+        threshold = "-" if c["threshold"] is None else f"{c['threshold']:g}"
+        drifted = "YES" if c["drifted"] else "no"
+        print(f"{name:<32}{c['statistic']:<34}{score:>10}{threshold:>11}  {drifted}")
+    print(f"drift share {report['drift_share']:.3f} (dataset drift: {report['dataset_drift']})")
+    performance = report["performance"]
+    if performance is None:
+        print("performance: no labels yet")
+    else:
+        print(
+            f"performance: v{performance['model_version']} AUC {performance['auc']:.4f}, "
+            f"decay {performance['decay']:+.4f} (max {get_settings().decay_max_auc_drop})"
+        )
+    return code
+
+
 def _serve(args: argparse.Namespace) -> int:
     """Serve the churn API with uvicorn; no Dagster is imported on this path."""
     import uvicorn
@@ -217,8 +300,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     freshness.set_defaults(run=_freshness)
 
+    monitor = commands.add_parser(
+        "monitor",
+        help="a month's drift and decay: exit 0 fine, 1 drift or decay, 2 not known",
+    )
+    monitor.add_argument("--partition", help="YYYY-MM (default: the latest measured)")
+    monitor.add_argument("--json", action="store_true", help="one JSON object")
+    monitor.set_defaults(run=_monitor)
+
     serve = commands.add_parser(
-        "serve", help="serve /predict from the Production model and the online store"
+        "serve", help="serve /predict from the champion model and the online store"
     )
     serve.add_argument("--host", help="interface to bind (default: $STREAMFLOW_SERVE_HOST)")
     serve.add_argument("--port", type=int, help="port (default: $STREAMFLOW_SERVE_PORT)")

@@ -13,6 +13,7 @@ from streamflow_assets.assets.ingestion import (
     new_seed_month_sensor,
     snapshot_checks,
 )
+from streamflow_assets.assets.model_monitoring import monitoring_assets, retraining_sensor
 from streamflow_assets.assets.monitoring import (
     build_freshness_schedule,
     freshness_checks,
@@ -23,7 +24,7 @@ from streamflow_assets.assets.registry import production_model
 from streamflow_assets.assets.training import candidate_scores_online_features, churn_model
 from streamflow_assets.core.settings import Settings, get_settings
 from streamflow_assets.executors import build_executor
-from streamflow_assets.jobs import monthly_pipeline
+from streamflow_assets.jobs import MONTHLY_PIPELINE, build_monthly_pipeline, retraining
 from streamflow_assets.resources import build_resources
 
 
@@ -36,6 +37,7 @@ def build_definitions(settings: Settings) -> Definitions:
             training_dataset,
             churn_model,
             production_model,
+            *monitoring_assets,
         ],
         asset_checks=[
             *snapshot_checks,
@@ -43,9 +45,9 @@ def build_definitions(settings: Settings) -> Definitions:
             candidate_scores_online_features,
             *freshness_checks,
         ],
-        jobs=[monthly_pipeline, freshness_checks_job],
+        jobs=[build_monthly_pipeline(settings.retrain), retraining, freshness_checks_job],
         schedules=[build_freshness_schedule(settings)],
-        sensors=[new_seed_month_sensor, *freshness_sensors],
+        sensors=[new_seed_month_sensor, *freshness_sensors, retraining_sensor],
         resources=build_resources(settings),
         executor=build_executor(settings),
     )
@@ -56,4 +58,4 @@ defs = build_definitions(get_settings())
 
 def monthly_pipeline_job() -> JobDefinition:
     """The monthly job as another process (a celery worker) rebuilds it: from its settings."""
-    return build_definitions(get_settings()).resolve_job_def(monthly_pipeline.name)
+    return build_definitions(get_settings()).resolve_job_def(MONTHLY_PIPELINE)

@@ -4,8 +4,9 @@ from datetime import timedelta
 
 from dagster import FreshnessPolicy
 
-# Dagster validates a cron policy's lower bound against this very function; using it keeps the
-# clamp below identical to Dagster's own rule for any deadline a deployment configures.
+# Private, kept on purpose (Dagster 1.13.27): FreshnessPolicy.cron validates its lower bound
+# against this very function and Dagster exports no public equivalent; using it keeps the clamp
+# below identical to Dagster's own rule for any deadline a deployment configures.
 from dagster._utils.schedules import get_smallest_cron_interval
 
 from streamflow_assets.core.settings import Settings, get_settings

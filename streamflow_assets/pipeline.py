@@ -20,7 +20,7 @@ from dagster import (
 )
 
 from streamflow_assets.core.celery import BrokerUnreachable
-from streamflow_assets.jobs import monthly_pipeline
+from streamflow_assets.jobs import MONTHLY_PIPELINE
 
 # Every run records the process that executes it, so that a later pipeline can tell a run whose
 # process was killed (kill -9 leaves it STARTED forever, holding its pool slots) from a live one.
@@ -84,7 +84,7 @@ def run_month(
 
     `on_start(partition, run_id)` is called just before the run starts.
     """
-    job = defs.resolve_job_def(monthly_pipeline.name)
+    job = defs.resolve_job_def(MONTHLY_PIPELINE)
     # The form of Dagster's own run ids; execute_job (celery) draws its own, which the lock
     # cannot name beforehand.
     run_id = str(uuid.uuid4())

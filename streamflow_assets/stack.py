@@ -437,7 +437,7 @@ def up(stack: Stack, names: Sequence[str] = SERVICES) -> dict[str, Record]:
         if name in names:
             print(f"{name:<18} already running (pid {already[name].pid})")
     deadline = time.monotonic() + stack.stack.start_timeout_seconds
-    # The API loads the Production model at startup: it comes after the tracking server answers
+    # The API loads the champion model at startup: it comes after the tracking server answers
     # (else it starts not ready and waits for its next registry poll).
     waves = [[s for s in services if s.name != "api"], [s for s in services if s.name == "api"]]
     try:

@@ -103,9 +103,9 @@ def materialize(
 def _only_group(defs, group: str):
     from dagster import AssetSelection, Definitions, define_asset_job
 
-    from streamflow_assets.jobs import monthly_pipeline
+    from streamflow_assets.jobs import MONTHLY_PIPELINE
 
-    job = define_asset_job(monthly_pipeline.name, selection=AssetSelection.groups(group))
+    job = define_asset_job(MONTHLY_PIPELINE, selection=AssetSelection.groups(group))
     return Definitions(
         assets=defs.assets,
         asset_checks=defs.asset_checks,

@@ -135,3 +135,39 @@ def test_dagster_accepts_the_local_instance_config(tmp_path: Path) -> None:
         assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 60
     assert concurrency.pool_config.default_pool_limit == 1
     assert concurrency.run_queue_config.max_concurrent_runs == 2
+
+
+MONITORING_ASSETS = ("batch_scores", "feature_drift", "model_performance")
+
+
+def test_the_monitoring_assets_are_described_like_the_others() -> None:
+    from streamflow_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for name in MONITORING_ASSETS:
+        node = graph.get(AssetKey(name))
+        assert node.group_name == "monitoring"
+        assert node.kinds, name
+        assert node.description, name
+        assert node.partitions_def is not None
+    checks = {(key.asset_key.path[0], key.name) for key in graph.asset_check_keys}
+    assert ("feature_drift", "drift_share_below_threshold") in checks
+    assert defs.resolve_sensor_def("retraining_sensor").job_name == "retraining"
+
+
+@pytest.mark.parametrize(
+    ("policy", "trains"), [("monthly", True), ("on_trigger", False)], ids=["monthly", "on_trigger"]
+)
+def test_the_retrain_policy_chooses_what_the_monthly_pipeline_runs(
+    settings_for, tmp_path: Path, policy: str, trains: bool
+) -> None:
+    from streamflow_assets.definitions import build_definitions
+
+    defs = build_definitions(settings_for(tmp_path / "data", tmp_path / "seeds", retrain=policy))
+    graph = defs.resolve_asset_graph()
+    monthly = defs.resolve_job_def("monthly_pipeline").asset_layer.selected_asset_keys
+    retrained = {AssetKey(n) for n in ("churn_model", "production_model", "batch_scores")}
+    assert {AssetKey("feature_drift"), AssetKey("model_performance")} <= monthly
+    assert (retrained <= monthly) is trains
+    assert not trains or monthly == set(graph.get_all_asset_keys())
+    assert defs.resolve_job_def("retraining").asset_layer.selected_asset_keys == retrained

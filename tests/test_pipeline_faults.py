@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from streamflow_assets.assets.registry import PROMOTION_POOL
 from streamflow_assets.core import months
 from streamflow_assets.core.features import FEATURE_VIEWS
-from streamflow_assets.core.registry import ABANDONED, MODEL_NAME, PRODUCTION_ALIAS, Registry
+from streamflow_assets.core.registry import ABANDONED, CHAMPION_ALIAS, MODEL_NAME, Registry
 from streamflow_assets.core.seeds import TABLES
 from streamflow_assets.core.snapshots import ParquetSnapshotStore
 from streamflow_assets.pipeline import PID_TAG, in_progress_runs
@@ -106,7 +106,7 @@ def test_two_pipelines_at_once_one_finishes_the_other_is_refused_naming_it(raced
     assert [(v.tags["partition"], v.tags["promotion_decision"]) for v in versions] == [
         (JANUARY, "promoted")
     ]
-    champion = registry_of(data_dir).client.get_model_version_by_alias(MODEL_NAME, PRODUCTION_ALIAS)
+    champion = registry_of(data_dir).client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
     assert champion.version == versions[0].version
     assert not (data_dir / "pipeline.lock").read_text().strip(), "the lock names no holder after"
 
@@ -210,7 +210,7 @@ def test_kill_9_mid_online_write_then_mid_training_then_mid_promotion_leaves_sto
     assert live[FEBRUARY].tags["promotion_decision"] in {"promoted", "kept_out"}
     # The champion is January's or February's live candidate (the rule decides which), never
     # a version of a killed run.
-    champion = client.get_model_version_by_alias(MODEL_NAME, PRODUCTION_ALIAS)
+    champion = client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
     assert champion.version == registry.production().version
     assert champion.version in {live[JANUARY].version, live[FEBRUARY].version}
     with instance_of(data_dir) as instance:

@@ -106,6 +106,7 @@ def _score(
         probability = float(probabilities[k])
         prediction = int(probability >= DECISION_THRESHOLD)
         metrics.predicted[prediction].inc()
+        metrics.probability.observe(probability)
         results.append(
             PredictResponse(
                 user_id=features.user_ids[i],

@@ -69,7 +69,7 @@ def online_features(
     tables = snapshots.store()
     store = feature_store.open()
     stats = materialize_month(store, lambda table: tables.read(table, as_of), as_of)
-    online = store._get_provider().online_store
+    online = store.provider.online_store
     newest = {
         view: online.newest_event_time(store.config, store.get_feature_view(view)) for view in stats
     }

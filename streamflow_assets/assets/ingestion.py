@@ -27,7 +27,7 @@ from streamflow_assets.core.seeds import (
     stored_problems,
     unknown_user_problems,
 )
-from streamflow_assets.jobs import monthly_pipeline
+from streamflow_assets.jobs import MONTHLY_PIPELINE
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import SeedsResource, SnapshotsResource
 
@@ -150,7 +150,7 @@ def _bullets(problems) -> str:
 snapshot_checks = [make(table) for table in TABLES for make in (_contract_check, _row_count_check)]
 
 
-@sensor(job=monthly_pipeline, minimum_interval_seconds=60)
+@sensor(job_name=MONTHLY_PIPELINE, minimum_interval_seconds=60)
 def new_seed_month_sensor(context: SensorEvaluationContext, seeds: SeedsResource):
     """Requests a month's partition as soon as its `month_NNN/` seeds folder appears."""
     ingested = context.instance.get_materialized_partitions(AssetKey(USERS.snapshot))

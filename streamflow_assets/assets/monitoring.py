@@ -28,18 +28,11 @@ from dagster import (
     sensor,
 )
 
-# The instance's check history takes these statuses to skip runs still in progress; Dagster 1.13
-# does not export them (nor the record type) at the top level.
-from dagster._core.storage.asset_check_execution_record import (
-    COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES,
-    AssetCheckExecutionRecord,
-)
-
 from streamflow_assets.assets.features import online_features
 from streamflow_assets.core.alerts import Alert
 from streamflow_assets.core.freshness import FreshnessResult, FreshnessStatus
 from streamflow_assets.core.settings import Settings
-from streamflow_assets.jobs import monthly_pipeline
+from streamflow_assets.jobs import MONTHLY_PIPELINE
 from streamflow_assets.resources import (
     AlertSinkResource,
     FeatureStoreResource,
@@ -125,7 +118,7 @@ def _writing_run(context: ScheduleEvaluationContext) -> DagsterRun | None:
             online_features.key in run.asset_selection
             if run.asset_selection
             # A run without an asset selection runs its whole job.
-            else run.job_name == monthly_pipeline.name
+            else run.job_name == MONTHLY_PIPELINE
         )
         if writes_online:
             return run
@@ -174,11 +167,17 @@ class AlertCursor:
         return json.dumps({"failing": self.failing, "evaluation_id": self.evaluation_id})
 
 
-def _latest_evaluation(context: SensorEvaluationContext) -> AssetCheckExecutionRecord | None:
-    records = context.instance.event_log_storage.get_asset_check_execution_history(
-        ONLINE_FRESHNESS_KEY, limit=1, status=COMPLETED_ASSET_CHECK_EXECUTION_RECORD_STATUSES
-    )
-    return records[0] if records else None
+# Evaluations that have an outcome; a PLANNED one is still running. Compared by value: Dagster
+# 1.13 does not export the status enum (nor the record type) publicly.
+COMPLETED_STATUSES = {"SUCCEEDED", "FAILED"}
+
+
+def _latest_evaluation(context: SensorEvaluationContext):
+    """The newest evaluation of the freshness check, or None when it never ran or still runs."""
+    record = context.instance.get_latest_asset_check_evaluation_record(ONLINE_FRESHNESS_KEY)
+    if record is None or record.status.value not in COMPLETED_STATUSES:
+        return None
+    return record
 
 
 def _text(metadata: dict, name: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Registry: the promotion decision that puts a month's candidate in Production, or keeps it out."""
+"""Registry: the promotion decision that makes a month's candidate the champion, or keeps it out."""
 
 import math
 
@@ -12,7 +12,7 @@ from streamflow_assets.assets.features import TRAINING_TABLE
 from streamflow_assets.assets.training import churn_model
 from streamflow_assets.core import months
 from streamflow_assets.core.promotion import Contender, decide
-from streamflow_assets.core.registry import PRODUCTION_ALIAS, PRODUCTION_STAGE, Registry, as_of_of
+from streamflow_assets.core.registry import CHAMPION_ALIAS, Registry, as_of_of
 from streamflow_assets.core.settings import get_settings
 from streamflow_assets.core.training import ModelParams, one_thread, split
 from streamflow_assets.freshness import monthly_freshness_policy
@@ -20,7 +20,7 @@ from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import ModelRegistryResource, SnapshotsResource
 
 # One slot (the instance's pool default_limit): two runs of a backfill never decide at once, so
-# an older month cannot move Production back after a newer month's promotion it did not see.
+# an older month cannot move the champion back after a newer month's promotion it did not see.
 PROMOTION_POOL = "mlflow_promotion"
 
 
@@ -58,7 +58,7 @@ def production_model(
     candidate = registry.latest_for_partition(key)
     if candidate is None:
         raise ValueError(f"no {registry.name} version is tagged partition={key}: run churn_model")
-    champion = registry.production()
+    champion = registry.champion()
 
     # Both are judged on the candidate month's held-out rows, re-drawn exactly as in training.
     dataset = snapshots.store().read(TRAINING_TABLE, months.as_of(key)).drop(columns=["as_of"])
@@ -94,7 +94,7 @@ def production_model(
             "champion_auc_on_split": round(incumbent.auc, 6) if incumbent else "none",
         },
     )
-    serving = registry.production()
+    serving = registry.champion()
     context.log.info(f"v{candidate.version}: {decision.reason}")
     return MaterializeResult(
         metadata={
@@ -105,8 +105,7 @@ def production_model(
             "champion_version": incumbent.version if incumbent else "none",
             "champion_auc": round(incumbent.auc, 4) if incumbent else float("nan"),
             "margin": margin,
-            "production_version": serving.version if serving else "none",
-            "production_uri": f"models:/{registry.name}/{PRODUCTION_STAGE}",
-            "alias_uri": f"models:/{registry.name}@{PRODUCTION_ALIAS}",
+            "champion_after": serving.version if serving else "none",
+            "champion_uri": f"models:/{registry.name}@{CHAMPION_ALIAS}",
         }
     )

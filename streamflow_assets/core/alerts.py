@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -13,6 +13,10 @@ from typing import Any, Literal
 import httpx
 
 AlertState = Literal["failing", "recovered"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -28,11 +32,7 @@ class Alert:
     actual_as_of: str | None
     summary: str
     link: str
-    time: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.time:
-            object.__setattr__(self, "time", datetime.now(UTC).isoformat(timespec="seconds"))
+    time: str = field(default_factory=_now)
 
     @property
     def title(self) -> str:
@@ -49,29 +49,32 @@ class Alert:
             f"(lag {lag}). Why: {self.summary}. {self.link}"
         )
 
+    def fields(self) -> dict[str, str]:
+        return {
+            "Asset": self.asset,
+            "Partition": self.partition or "unknown",
+            "Online store holds": self.actual_as_of or "nothing",
+            "Expected": self.expected_as_of or "unknown",
+            "Lag": "nothing held" if self.lag_days is None else f"{self.lag_days:g} days",
+            "Check": self.check,
+        }
+
     def record(self) -> dict[str, Any]:
         return {"event": "alert", **asdict(self), "text": self.text}
 
 
-def slack_payload(alert: Alert) -> dict[str, Any]:
+def slack_payload(alert: Alert | MonitoringAlert) -> dict[str, Any]:
     """An incoming-webhook message: `text` for notifications and clients without blocks."""
-    icon = ":red_circle:" if alert.state == "failing" else ":large_green_circle:"
-    lag = "nothing held" if alert.lag_days is None else f"{alert.lag_days:g} days"
-    fields = {
-        "Asset": alert.asset,
-        "Partition": alert.partition or "unknown",
-        "Online store holds": alert.actual_as_of or "nothing",
-        "Expected": alert.expected_as_of or "unknown",
-        "Lag": lag,
-        "Check": alert.check,
-    }
+    icon = ":red_circle:" if alert.state in ("failing", "fired") else ":large_green_circle:"
     return {
         "text": alert.text,
         "blocks": [
             {"type": "section", "text": {"type": "mrkdwn", "text": f"{icon} *{alert.title}*"}},
             {
                 "type": "section",
-                "fields": [{"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in fields.items()],
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in alert.fields().items()
+                ],
             },
             {"type": "section", "text": {"type": "mrkdwn", "text": f"*Why:* {alert.summary}"}},
             {
@@ -80,6 +83,44 @@ def slack_payload(alert: Alert) -> dict[str, Any]:
             },
         ],
     }
+
+
+@dataclass(frozen=True)
+class MonitoringAlert:
+    """Retraining evidence for a month (`fired`), or the retrained candidate's decision
+    (`decided`): what fired, what the policy did about it, and where to look."""
+
+    state: Literal["fired", "decided"]
+    asset: str
+    partition: str
+    reasons: tuple[str, ...]
+    policy: str
+    summary: str
+    link: str
+    time: str = field(default_factory=_now)
+
+    @property
+    def title(self) -> str:
+        if self.state == "fired":
+            return (
+                f"StreamFlow: retraining evidence for {self.partition} ({', '.join(self.reasons)})"
+            )
+        return f"StreamFlow: retrained candidate for {self.partition} decided"
+
+    @property
+    def text(self) -> str:
+        return f"{self.title}. Policy {self.policy}: {self.summary}. {self.link}"
+
+    def fields(self) -> dict[str, str]:
+        return {
+            "Partition": self.partition,
+            "Reasons": ", ".join(self.reasons),
+            "Policy": self.policy,
+            "Asset": self.asset,
+        }
+
+    def record(self) -> dict[str, Any]:
+        return {"event": "alert", **asdict(self), "text": self.text}
 
 
 @dataclass(frozen=True)

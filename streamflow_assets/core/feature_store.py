@@ -133,7 +133,7 @@ def materialize_month(
     whole or not at all. The Feast registry then records the materialized interval, as
     `feast materialize` would.
     """
-    online = store._get_provider().online_store
+    online = store.provider.online_store
     views = {spec.name: store.get_feature_view(spec.name) for spec in FEATURE_VIEWS}
     version = store.config.entity_key_serialization_version
 

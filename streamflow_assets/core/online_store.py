@@ -35,10 +35,12 @@ from feast.infra.online_stores.redis import (
 from feast.infra.online_stores.sqlite import (
     SqliteOnlineStore,
     SqliteOnlineStoreConfig,
-    _quote_id,
     adapt_datetime_epoch,
     convert_timestamp,
 )
+
+# Private, kept on purpose (Feast 0.67.0): the one function that opens a connection with the
+# online store config's own settings (sslmode, keepalives, timeouts); Feast has no public one.
 from feast.infra.utils.postgres.connection_utils import _get_conn
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
@@ -50,6 +52,11 @@ from psycopg import Connection, Cursor, sql
 WriteBatch = Sequence[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]
 # (entity_key, feature_name, serialized value, event_ts, created_ts)
 Row = tuple[bytes, str, bytes, Any, Any]
+
+
+def _quote_id(identifier: str) -> str:
+    """A SQL identifier in double quotes, embedded quotes doubled (as Feast's stores quote)."""
+    return '"' + identifier.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)

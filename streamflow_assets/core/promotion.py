@@ -1,4 +1,4 @@
-"""The promotion rule: when a month's candidate model replaces the Production champion."""
+"""The promotion rule: when a month's candidate model replaces the champion."""
 
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ def decide(candidate: Contender, champion: Contender | None, margin: float) -> D
     if math.isnan(candidate.auc):
         return Decision(False, f"candidate v{candidate.version} has no AUC on its held-out split")
     if champion is None:
-        return Decision(True, "no Production version yet")
+        return Decision(True, "no champion yet")
     if candidate.version == champion.version:
-        return Decision(False, f"v{candidate.version} is already in Production")
+        return Decision(False, f"v{candidate.version} is already the champion")
     if candidate.as_of < champion.as_of:
         return Decision(
             False,

@@ -1,7 +1,9 @@
-"""The MLflow model registry as StreamFlow uses it: lineage tags, Production stage and alias."""
+"""The MLflow model registry as StreamFlow uses it: lineage tags and the `champion` alias."""
 
 from __future__ import annotations
 
+import math
+import tempfile
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -10,12 +12,16 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from streamflow_assets.core import months
+from streamflow_assets.core.compiled import ONNX_FILE, CompiledModel
+
 MODEL_NAME = "streamflow_churn"
 EXPERIMENT = "streamflow"
-PRODUCTION_STAGE = "Production"
-PRODUCTION_ALIAS = "production"
 # The promotion_decision of a version whose Dagster run died before promotion decided on it.
 ABANDONED = "abandoned"
+# The one truth for what serves: MLflow 3 deprecated stages, so promotion moves this alias only.
+CHAMPION_ALIAS = "champion"
+CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
@@ -36,10 +42,35 @@ class Registry:
 
     client: MlflowClient
     name: str = MODEL_NAME
+    artifact_location: str | None = None
 
-    def production(self) -> ModelVersion | None:
-        versions = self.client.get_latest_versions(self.name, stages=[PRODUCTION_STAGE])
-        return versions[0] if versions else None
+    def champion(self) -> ModelVersion | None:
+        """The version the `champion` alias points at: what serves."""
+        try:
+            return self.client.get_model_version_by_alias(self.name, CHAMPION_ALIAS)
+        except MlflowException as error:
+            if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def champion_at(self, partition: str, *, before_decision: bool) -> ModelVersion | None:
+        """Which version served for a month: before its own promotion decision (the incumbent,
+        which never saw the month's labels), or once it was made.
+
+        Promotions only ever move forward in as_of (a backfill never demotes a newer champion),
+        so that is the newest promoted version trained before the month (or up to it); the
+        answer stays the same when the month is re-run after newer months were promoted.
+        """
+        promoted = self.client.search_model_versions(
+            f"name = '{self.name}' and tags.promotion_decision = 'promoted'"
+        )
+        limit = months.as_of_date(partition)
+        eligible = [
+            v
+            for v in promoted
+            if (as_of_of(v) < limit if before_decision else as_of_of(v) <= limit)
+        ]
+        return max(eligible, key=lambda v: (as_of_of(v), int(v.version)), default=None)
 
     def version(self, version: str) -> ModelVersion:
         return self.client.get_model_version(self.name, version)
@@ -80,11 +111,58 @@ class Registry:
             self.client.set_model_version_tag(self.name, version, key, str(value))
 
     def promote(self, version: str) -> None:
-        """Stage Production (archiving the previous one) and alias `production`."""
-        self.client.transition_model_version_stage(
-            self.name, version, PRODUCTION_STAGE, archive_existing_versions=True
+        """Move the `champion` alias (no stage transition: nothing reads stages any more)."""
+        self.client.set_registered_model_alias(self.name, CHAMPION_ALIAS, version)
+
+    def compiled_model(self, version: str) -> CompiledModel:
+        """The version's ONNX twin, ready to score (the Pipeline itself is not downloaded)."""
+        from mlflow.artifacts import download_artifacts
+
+        model_dir = self.client.get_model_version_download_uri(self.name, version)
+        with tempfile.TemporaryDirectory(prefix="streamflow-model-") as scratch:
+            path = download_artifacts(
+                artifact_uri=f"{model_dir.rstrip('/')}/extra_files/{ONNX_FILE}",
+                dst_path=scratch,
+                tracking_uri=self.client.tracking_uri,
+            )
+            return CompiledModel(Path(path).read_bytes())
+
+    def log_monitoring(
+        self,
+        kind: str,
+        partition: str,
+        version: ModelVersion,
+        metrics: dict[str, float],
+        artifacts: dict[str, str] | None = None,
+    ) -> str:
+        """One MLflow run per monitoring result (`kind` of `partition`), tagged with the model
+        version it judged; its metrics are also linked to that version's logged model, so the
+        model's page in MLflow lists how it did month after month. Returns the run id."""
+        experiment = ensure_experiment(self.client, EXPERIMENT, self.artifact_location)
+        run = self.client.create_run(
+            experiment,
+            run_name=f"{kind} {partition}",
+            tags={
+                "streamflow.monitoring": kind,
+                "partition": partition,
+                "model_name": self.name,
+                "model_version": str(version.version),
+            },
         )
-        self.client.set_registered_model_alias(self.name, PRODUCTION_ALIAS, version)
+        run_id = run.info.run_id
+        for key, value in metrics.items():
+            if value is not None and not math.isnan(value):
+                self.client.log_metric(run_id, key, value, model_id=version.model_id)
+        with tempfile.TemporaryDirectory() as scratch:
+            for name, text in (artifacts or {}).items():
+                path = Path(scratch) / name
+                path.write_text(text, encoding="utf-8")
+                self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id)
+        return run_id
+
+    def artifact_uri(self, run_id: str, name: str) -> str:
+        return f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{name}"
 
     def download(self, version: str, directory: Path) -> Path:
         """The version's model directory (MLmodel, the Pipeline, the ONNX file)."""

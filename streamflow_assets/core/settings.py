@@ -6,11 +6,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Profile = Literal["local", "postgres", "cluster"]
 AlertSink = Literal["jsonl", "webhook", "log"]
+RetrainPolicy = Literal["monthly", "on_trigger"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -32,6 +33,14 @@ class Settings(BaseSettings):
     # least the floor on the month's online features before promotion is even considered.
     promotion_margin: float = 0.01
     promotion_auc_floor: float = 0.6
+    # Monitoring: `monthly` trains a candidate every month; `on_trigger` trains one only when a
+    # month's drift share reaches `drift_share` (Evidently's dataset-drift default), the champion's
+    # AUC drops by more than `decay_max_auc_drop` on the month's labels, the champion is older
+    # than `retrain_max_age_months`, or there is no champion yet.
+    retrain: RetrainPolicy = "monthly"
+    drift_share: float = Field(default=0.5, gt=0, le=1)
+    decay_max_auc_drop: float = 0.05
+    retrain_max_age_months: int = Field(default=3, ge=0)
     # The `postgres` profile: snapshot and training tables and Feast's offline store, online
     # store and registry in one database; MLflow is a tracking server (with its own database).
     postgres_host: str = "127.0.0.1"

@@ -57,7 +57,10 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             tracking_uri=settings.tracking_uri,
             artifact_location=settings.mlflow_artifact_location,
         ),
-        "model_registry": ModelRegistryResource(tracking_uri=settings.tracking_uri),
+        "model_registry": ModelRegistryResource(
+            tracking_uri=settings.tracking_uri,
+            artifact_location=settings.mlflow_artifact_location,
+        ),
         "freshness": FreshnessResource(
             sample_size=settings.freshness_sample_size,
             stale_fraction_warn=settings.freshness_stale_fraction_warn,

@@ -56,10 +56,12 @@ class ModelRegistryResource(ConfigurableResource):
 
     tracking_uri: str
     model_name: str = MODEL_NAME
+    # Where the monitoring runs' experiment keeps artifacts, if it has to be created (as above).
+    artifact_location: str | None = None
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         # `models:/` URIs (pyfunc loading) resolve against the global tracking URI.
         _prepare(self.tracking_uri)
 
     def registry(self) -> Registry:
-        return Registry(MlflowClient(self.tracking_uri), self.model_name)
+        return Registry(MlflowClient(self.tracking_uri), self.model_name, self.artifact_location)

@@ -6,7 +6,14 @@ from pathlib import Path
 from dagster import ConfigurableResource, get_dagster_logger
 from feast import FeatureStore
 
-from streamflow_assets.core.alerts import Alert, Delivery, append_jsonl, post_json, slack_payload
+from streamflow_assets.core.alerts import (
+    Alert,
+    Delivery,
+    MonitoringAlert,
+    append_jsonl,
+    post_json,
+    slack_payload,
+)
 from streamflow_assets.core.freshness import FreshnessResult, Thresholds
 from streamflow_assets.core.freshness_probe import check_online_store
 from streamflow_assets.core.snapshots import SnapshotStore
@@ -34,7 +41,7 @@ class FreshnessResource(ConfigurableResource):
 class AlertSinkResource(ConfigurableResource):
     """Delivers alerts; `build_resources` binds one implementation per deployment."""
 
-    def send(self, alert: Alert) -> Delivery:
+    def send(self, alert: Alert | MonitoringAlert) -> Delivery:
         raise NotImplementedError
 
 
@@ -43,7 +50,7 @@ class JsonlAlertSink(AlertSinkResource):
 
     path: str
 
-    def send(self, alert: Alert) -> Delivery:
+    def send(self, alert: Alert | MonitoringAlert) -> Delivery:
         append_jsonl(Path(self.path), alert.record())
         return Delivery(True, 1, self.path)
 
@@ -51,9 +58,9 @@ class JsonlAlertSink(AlertSinkResource):
 class LogAlertSink(AlertSinkResource):
     """Writes each alert to the Dagster log (the sensor's log in the UI)."""
 
-    def send(self, alert: Alert) -> Delivery:
+    def send(self, alert: Alert | MonitoringAlert) -> Delivery:
         log = get_dagster_logger()
-        (log.error if alert.state == "failing" else log.info)(alert.text)
+        (log.error if alert.state in ("failing", "fired") else log.info)(alert.text)
         return Delivery(True, 1, "log")
 
 
@@ -66,7 +73,7 @@ class WebhookAlertSink(AlertSinkResource):
     retries: int = 3
     backoff_seconds: float = 1.0
 
-    def send(self, alert: Alert) -> Delivery:
+    def send(self, alert: Alert | MonitoringAlert) -> Delivery:
         delivery = post_json(
             self.url,
             slack_payload(alert),

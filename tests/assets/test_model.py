@@ -1,4 +1,4 @@
-"""The model on the real seeds: training quality, lineage, the Production gate, backfills."""
+"""The model on the real seeds: training quality, lineage, the promotion gate, backfills."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from streamflow_assets.core import months
 from streamflow_assets.core.compiled import ONNX_FILE, CompiledModel
 from streamflow_assets.core.features import LABEL, to_model_frame
-from streamflow_assets.core.registry import MODEL_NAME, PRODUCTION_ALIAS, PRODUCTION_STAGE
+from streamflow_assets.core.registry import CHAMPION_ALIAS, CHAMPION_URI, MODEL_NAME
 from streamflow_assets.core.settings import Settings
 from streamflow_assets.resources import build_resources
 from tests.profiles import PROFILES, built_pipeline
@@ -54,9 +54,16 @@ def versions(client: MlflowClient) -> list:
 
 
 def production_state(client: MlflowClient) -> tuple[list[str], str]:
-    staged = [v.version for v in versions(client) if v.current_stage == PRODUCTION_STAGE]
-    alias = client.get_model_version_by_alias(MODEL_NAME, PRODUCTION_ALIAS).version
-    return staged, alias
+    """Versions holding the champion alias, and the one it names; no version is staged."""
+    # Searches leave aliases out of the versions they return: ask for each version.
+    holders = [
+        v.version
+        for v in versions(client)
+        if CHAMPION_ALIAS in client.get_model_version(MODEL_NAME, v.version).aliases
+    ]
+    assert all(v.current_stage == "None" for v in versions(client))
+    alias = client.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version
+    return holders, alias
 
 
 def metadata(instance: DagsterInstance, asset: str, partition: str) -> dict[str, object]:
@@ -105,7 +112,7 @@ def test_artifacts_live_in_the_profiles_store_not_the_working_dir(built: Built) 
         assert uri.startswith(where), uri
 
 
-def test_exactly_one_version_serves_with_stage_and_alias(built: Built) -> None:
+def test_exactly_one_version_is_champion_and_none_is_staged(built: Built) -> None:
     staged, alias = production_state(built.client)
     assert len(staged) == 1
     assert staged == [alias]
@@ -113,7 +120,7 @@ def test_exactly_one_version_serves_with_stage_and_alias(built: Built) -> None:
 
 def test_the_production_model_loads_and_predicts(built: Built) -> None:
     mlflow.set_tracking_uri(built.settings.tracking_uri)
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{PRODUCTION_STAGE}")
+    model = mlflow.pyfunc.load_model(CHAMPION_URI)
     store = build_resources(built.settings)["snapshots"].store()
     dataset = store.read("training_dataset", months.as_of("2024-02")).head(50)
     probability = np.asarray(model.predict(to_model_frame(dataset)))
@@ -123,7 +130,7 @@ def test_the_production_model_loads_and_predicts(built: Built) -> None:
 
 def test_the_served_onnx_twin_predicts_like_the_pipeline(built: Built, tmp_path: Path) -> None:
     mlflow.set_tracking_uri(built.settings.tracking_uri)
-    uri = f"models:/{MODEL_NAME}/{PRODUCTION_STAGE}"
+    uri = CHAMPION_URI
     directory = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp_path))
     compiled = CompiledModel((directory / "extra_files" / ONNX_FILE).read_bytes())
     store = build_resources(built.settings)["snapshots"].store()
@@ -148,7 +155,23 @@ def test_a_backfill_of_an_older_month_changes_nothing_in_production(built: Built
     assert "older" in newest.tags["promotion_reason"]
     decision = metadata(built.instance, "production_model", "2024-01")
     assert decision["decision"] == "kept out"
-    assert decision["production_version"] == before[1]
+    assert decision["champion_after"] == before[1]
+
+
+def test_the_monitoring_assets_ran_with_the_month(built: Built) -> None:
+    """On this profile's stores: scores stored per month by the champion after it; February
+    judged against January's model."""
+    store = build_resources(built.settings)["snapshots"].store()
+    scores = store.read("batch_scores", months.as_of("2024-02"))
+    champion = str(production_state(built.client)[1])
+    assert len(scores) == 7043 and set(scores["model_version"]) == {champion}
+    assert scores["probability"].between(0, 1).all()
+    assert set(scores["prediction"]) <= {0, 1}
+    drift = metadata(built.instance, "feature_drift", "2024-02")
+    assert drift["status"] == "measured" and drift["reference_partition"] == "2024-01"
+    decay = metadata(built.instance, "model_performance", "2024-02")
+    assert decay["incumbent_version"] == "1" and decay["decay"] > 0.25
+    assert metadata(built.instance, "feature_drift", "2024-01")["status"] == "no_incumbent"
 
 
 def test_hyperparameters_are_overridable_at_launch(built: Built) -> None:

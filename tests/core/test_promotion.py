@@ -16,7 +16,7 @@ MARGIN = 0.01
 @pytest.mark.parametrize(
     ("candidate", "champion", "promote", "reason"),
     [
-        pytest.param(Contender("1", JAN, 0.80), None, True, "no Production", id="no-champion"),
+        pytest.param(Contender("1", JAN, 0.80), None, True, "no champion", id="no-champion"),
         pytest.param(
             Contender("2", FEB, 0.85), Contender("1", JAN, 0.80), True, "beats", id="better"
         ),

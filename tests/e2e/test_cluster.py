@@ -22,7 +22,7 @@ from serving.features import OnlineFeatureReader
 from streamflow_assets.core import months
 from streamflow_assets.core.feature_store import materialize_month, open_store
 from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_SERVICE, FEATURE_VIEWS, JOIN_KEY
-from streamflow_assets.core.registry import MODEL_NAME, PRODUCTION_STAGE
+from streamflow_assets.core.registry import CHAMPION_ALIAS, MODEL_NAME
 from streamflow_assets.core.settings import Settings
 from tests.cluster import REDIS, celery_workers, group_pids, require_servers
 from tests.conftest import child_env
@@ -157,7 +157,7 @@ def test_features_are_read_back_from_redis_and_an_older_month_never_wins(
     stats = materialize_month(store, lambda table: snapshots.read(table, january), january)
     assert {(s.written, s.skipped_as_older) for s in stats.values()} == {(0, 7043)}
     assert reader.read(users[:100]).values == served.columns(range(100))
-    online = store._get_provider().online_store
+    online = store.provider.online_store
     for view in FEATURE_VIEWS:
         assert online.newest_event_time(store.config, store.get_feature_view(view.name)) == LATEST
     # The same month again is rewritten (a corrected re-run), not skipped as Feast's write would.
@@ -193,7 +193,7 @@ def test_predict_answers_from_redis_with_the_champion_from_mlflow_and_survives_a
         tracking = cluster.settings.tracking_uri
         assert tracking.startswith("http://127.0.0.1:")
         registry = MlflowClient(tracking, tracking)
-        champion = registry.get_latest_versions(MODEL_NAME, stages=[PRODUCTION_STAGE])[0]
+        champion = registry.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
         # Logged by a worker through the server's proxy: no path on anybody's disk.
         assert registry.get_run(champion.run_id).info.artifact_uri.startswith("mlflow-artifacts:")
         answer = httpx.post(f"{url}/predict", json={"user_id": KNOWN_USER}, timeout=10)

@@ -238,7 +238,15 @@ def test_a_backfill_launched_like_the_ui_is_run_by_the_daemon_then_predict_answe
         for node in native_stack.graphql(ASSETS)["assetNodes"]
         if node["isPartitioned"]
     }
-    assert {"online_features", "training_dataset", "churn_model", "production_model"} <= set(stats)
+    assert {
+        "online_features",
+        "training_dataset",
+        "churn_model",
+        "production_model",
+        "batch_scores",
+        "feature_drift",
+        "model_performance",
+    } <= set(stats)
     assert all(s["numMaterialized"] == len(MONTHS) for s in stats.values()), stats
 
     started = native_stack.stack("up", "api")

@@ -9,10 +9,10 @@ from dagster import (
     AssetCheckSeverity,
     AssetKey,
     DagsterInstance,
+    DagsterRun,
     DagsterRunStatus,
     build_schedule_context,
 )
-from dagster._core.test_utils import create_run_for_test
 
 from streamflow_assets.assets.monitoring import ONLINE_FRESHNESS_KEY
 from streamflow_assets.core import months
@@ -203,8 +203,8 @@ def test_the_schedule_runs_only_the_checks_on_its_cron(
 def test_the_schedule_waits_for_a_run_writing_the_online_store(
     settings_for, tmp_path, dagster_instance, job, selection, status, skips: bool
 ) -> None:
-    run = create_run_for_test(
-        dagster_instance, job_name=job, status=status, asset_selection=selection
+    run = dagster_instance.add_run(
+        DagsterRun(job_name=job, status=status, asset_selection=selection)
     )
     defs = build_definitions(settings_for(tmp_path / "data", tmp_path / "seeds"))
     schedule = defs.resolve_schedule_def("freshness_checks_schedule")

@@ -42,7 +42,7 @@ def serving_settings(data_dir: Path, **overrides: object) -> ServingSettings:
 @pytest.fixture(scope="session")
 def pipeline_data_dir(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Both real months through `streamflow pipeline`, once per session: snapshots, the Feast
-    registry and online store, and MLflow with v1 (2024-01) and v2 (2024-02, Production)."""
+    registry and online store, and MLflow with v1 (2024-01) and v2 (2024-02, champion)."""
     data_dir = tmp_path_factory.mktemp("serving") / "data"
     result = subprocess.run(
         [str(STREAMFLOW), "pipeline", "--seeds", str(real_seeds)],

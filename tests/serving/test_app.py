@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from serving.app import create_app
 from streamflow_assets.core.features import FEATURE_NAMES, FEATURES
-from streamflow_assets.core.registry import MODEL_NAME
+from streamflow_assets.core.registry import CHAMPION_ALIAS, MODEL_NAME
 from tests.serving.conftest import KNOWN_USER, LATEST_AS_OF, latest_csv_row, serving_settings
 
 pytestmark = pytest.mark.slow
@@ -31,8 +31,7 @@ def client(pipeline_data_dir: Path) -> Iterator[TestClient]:
 def production_version(pipeline_data_dir: Path) -> str:
     settings = serving_settings(pipeline_data_dir)
     registry = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    (version,) = registry.get_latest_versions(MODEL_NAME, stages=["Production"])
-    return str(version.version)
+    return str(registry.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version)
 
 
 def csv_value(dtype: str, text: str) -> object:
@@ -224,8 +223,7 @@ def test_model_describes_the_served_version(client: TestClient, production_versi
     body = response.json()
     assert body["name"] == MODEL_NAME
     assert body["version"] == production_version
-    assert body["stage"] == "Production"
-    assert "production" in body["aliases"]
+    assert "champion" in body["aliases"]
     assert body["as_of"] == LATEST_AS_OF
     assert body["partition"] == "2024-02"
     assert body["feature_service"] == "churn_model_v1"
@@ -312,7 +310,9 @@ def test_fresh_enough_features_are_not_stale_in_strict_mode(pipeline_data_dir: P
 def test_the_alias_uri_serves_the_aliased_version(
     pipeline_data_dir: Path, production_version: str
 ) -> None:
-    settings = serving_settings(pipeline_data_dir, model_uri=f"models:/{MODEL_NAME}@production")
+    settings = serving_settings(
+        pipeline_data_dir, model_uri=f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
+    )
     with TestClient(create_app(settings)) as client:
         assert client.get("/model").json()["version"] == production_version
         response = client.post("/predict", json={"user_id": KNOWN_USER})
@@ -320,7 +320,7 @@ def test_the_alias_uri_serves_the_aliased_version(
 
 
 def test_no_model_is_503_with_the_reason_and_health_stays_200(pipeline_data_dir: Path) -> None:
-    settings = serving_settings(pipeline_data_dir, model_uri="models:/no_such_model/Production")
+    settings = serving_settings(pipeline_data_dir, model_uri="models:/no_such_model@champion")
     with TestClient(create_app(settings)) as client:
         assert client.get("/health").status_code == 200
         ready = client.get("/ready")

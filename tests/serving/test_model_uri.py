@@ -46,9 +46,9 @@ def test_other_uris_are_refused_with_the_accepted_forms(uri: str) -> None:
         ModelUri.parse(uri)
 
 
-def test_the_default_model_uri_is_the_production_stage(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_default_model_uri_is_the_champion_alias(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("STREAMFLOW_MODEL_URI", raising=False)
-    assert ServingSettings().model_uri == "models:/streamflow_churn/Production"
+    assert ServingSettings().model_uri == "models:/streamflow_churn@champion"
     monkeypatch.setenv("STREAMFLOW_MODEL_URI", "models:/streamflow_churn@production")
     monkeypatch.setenv("STREAMFLOW_MAX_FEATURE_AGE_DAYS", "0.5")
     settings = ServingSettings()

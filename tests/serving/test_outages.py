@@ -13,7 +13,7 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from streamflow_assets.core.registry import MODEL_NAME, PRODUCTION_ALIAS
+from streamflow_assets.core.registry import CHAMPION_ALIAS, MODEL_NAME
 from tests.profiles import POSTGRES, throwaway_databases
 from tests.serving.conftest import (
     KNOWN_USER,
@@ -153,10 +153,7 @@ def test_mlflow_down_keeps_serving_and_a_promotion_is_picked_up_once_back(
         for v in registry.search_model_versions(f"name = '{MODEL_NAME}'")
         if str(v.version) != served
     )
-    registry.transition_model_version_stage(
-        MODEL_NAME, other, "Production", archive_existing_versions=True
-    )
-    registry.set_registered_model_alias(MODEL_NAME, PRODUCTION_ALIAS, other)
+    registry.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, other)
     wait_until(
         lambda: httpx.get(f"{api}/model").json()["version"] == other,
         timeout=60,

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
 from serving.app import create_app
-from streamflow_assets.core.registry import MODEL_NAME, PRODUCTION_ALIAS
+from streamflow_assets.core.registry import CHAMPION_ALIAS, MODEL_NAME
 from tests.serving.conftest import KNOWN_USER, serving_settings
 
 pytestmark = pytest.mark.slow
@@ -28,11 +28,12 @@ def registry_of(data_dir: Path) -> MlflowClient:
 
 
 def promote(registry: MlflowClient, version: str) -> None:
-    """As the production_model asset does: stage Production (archiving the rest) and alias."""
-    registry.transition_model_version_stage(
-        MODEL_NAME, version, "Production", archive_existing_versions=True
-    )
-    registry.set_registered_model_alias(MODEL_NAME, PRODUCTION_ALIAS, version)
+    """As the production_model asset does: move the champion alias."""
+    registry.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, version)
+
+
+def champion(registry: MlflowClient) -> str:
+    return str(registry.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS).version)
 
 
 def predict_until(
@@ -50,7 +51,7 @@ def predict_until(
 
 def test_a_promotion_is_picked_up_within_the_interval(data_dir_copy: Path) -> None:
     registry = registry_of(data_dir_copy)
-    before = str(registry.get_latest_versions(MODEL_NAME, stages=["Production"])[0].version)
+    before = champion(registry)
     other = next(
         str(v.version) for v in registry.search_model_versions() if str(v.version) != before
     )
@@ -65,7 +66,7 @@ def test_a_promotion_is_picked_up_within_the_interval(data_dir_copy: Path) -> No
         # Not one request failed while the new version loaded and was swapped in.
         assert set(statuses) <= {200}
         model = client.get("/model").json()
-        assert model["stage"] == "Production"
+        assert "champion" in model["aliases"]
         assert model["reload"]["reloads"] == 2
         assert model["reload"]["failed_version"] is None
         assert model["partition"] == "2024-01"
@@ -82,14 +83,14 @@ def test_an_alias_move_is_picked_up(data_dir_copy: Path) -> None:
     settings = serving_settings(
         data_dir_copy,
         reload_interval_seconds=INTERVAL,
-        model_uri=f"models:/{MODEL_NAME}@{PRODUCTION_ALIAS}",
+        model_uri=f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}",
     )
     with TestClient(create_app(settings)) as client:
         before = client.get("/model").json()["version"]
         other = next(
             str(v.version) for v in registry.search_model_versions() if str(v.version) != before
         )
-        registry.set_registered_model_alias(MODEL_NAME, PRODUCTION_ALIAS, other)
+        registry.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, other)
         predict_until(client, lambda: client.get("/model").json()["version"] == other, PICKUP)
 
 
@@ -97,7 +98,7 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(
     data_dir_copy: Path, tmp_path: Path
 ) -> None:
     registry = registry_of(data_dir_copy)
-    before = registry.get_latest_versions(MODEL_NAME, stages=["Production"])[0]
+    before = registry.get_model_version_by_alias(MODEL_NAME, CHAMPION_ALIAS)
     # A registered version whose model directory has no ONNX twin.
     empty_model = tmp_path / "empty_model"
     empty_model.mkdir()
@@ -128,7 +129,7 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(
         assert "streamflow_model_reload_failing 1.0" in metrics
         assert re.search(r'streamflow_model_reloads_total\{outcome="failed"\} [1-9]', metrics)
 
-        # Once Production points at a loadable version again, the failure clears.
+        # Once the champion alias points at a loadable version again, the failure clears.
         promote(registry, str(before.version))
         predict_until(
             client, lambda: client.get("/model").json()["reload"]["failed_version"] is None, PICKUP
@@ -138,7 +139,7 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(
 
 def test_a_version_trained_on_another_feature_service_is_refused(data_dir_copy: Path) -> None:
     registry = registry_of(data_dir_copy)
-    before = str(registry.get_latest_versions(MODEL_NAME, stages=["Production"])[0].version)
+    before = champion(registry)
     other = next(
         str(v.version) for v in registry.search_model_versions() if str(v.version) != before
     )

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from streamflow_assets.core.features import FEATURE_NAMES
-from streamflow_assets.core.registry import MODEL_NAME, PRODUCTION_ALIAS
+from streamflow_assets.core.registry import CHAMPION_ALIAS, MODEL_NAME
 from tests.serving.conftest import (
     KNOWN_USER,
     LATEST_AS_OF,
@@ -65,7 +65,7 @@ def servers(pipeline_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         pipeline_data_dir, scratch / "strict.log", strict_freshness=True, max_feature_age_days=1
     )
     no_model, no_model_url = serve(
-        pipeline_data_dir, scratch / "no_model.log", model_uri="models:/no_such_model/Production"
+        pipeline_data_dir, scratch / "no_model.log", model_uri="models:/no_such_model@champion"
     )
     children = [mlflow, strict, no_model]
     try:
@@ -149,10 +149,7 @@ def test_a_promotion_is_picked_up_over_http(servers: Servers) -> None:
     other = next(
         str(v.version) for v in registry.search_model_versions() if str(v.version) != before
     )
-    registry.transition_model_version_stage(
-        MODEL_NAME, other, "Production", archive_existing_versions=True
-    )
-    registry.set_registered_model_alias(MODEL_NAME, PRODUCTION_ALIAS, other)
+    registry.set_registered_model_alias(MODEL_NAME, CHAMPION_ALIAS, other)
     promoted = time.monotonic()
     while httpx.get(f"{servers.api}/model").json()["version"] != other:
         assert predict(servers.api).status_code == 200

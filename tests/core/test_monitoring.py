@@ -1,0 +1,154 @@
+"""Monitoring statistics on the real seeds: drift verdicts (Evidently), decay, retrain reasons."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamflow_assets.core import seeds
+from streamflow_assets.core.monitoring import (
+    DRIFT_COLUMNS,
+    SCORE_COLUMN,
+    DriftResult,
+    RetrainReason,
+    drift_frame,
+    measure_drift,
+    month_features,
+    months_between,
+    performance,
+    retrain_reasons,
+    score_summary,
+)
+
+
+@pytest.fixture(scope="module")
+def january(real_seeds: Path) -> pd.DataFrame:
+    month = seeds.read_month(real_seeds / "month_000")
+    features = month_features(month)
+    # A stand-in score: the drift test does not care which model produced it.
+    return drift_frame(features, np.linspace(0.0, 1.0, len(features)))
+
+
+def test_month_features_has_every_user_and_feature(january: pd.DataFrame) -> None:
+    assert len(january) == 7043
+    assert list(january.columns) == DRIFT_COLUMNS
+
+
+def test_the_same_month_does_not_drift(january: pd.DataFrame) -> None:
+    result, html = measure_drift(january, january.copy(), 0.5)
+    assert result.drifted == []
+    assert result.drift_share == 0.0 and not result.dataset_drift
+    assert "<html" in html.lower()
+
+
+def test_evidently_picks_its_default_test_per_column_type_and_size(january: pd.DataFrame) -> None:
+    result, _ = measure_drift(january, january.copy(), 0.5)
+    by_name = {c.name: c for c in result.columns}
+    # Above 1,000 rows: Wasserstein for numbers, Jensen-Shannon for categories (and for numbers
+    # with at most 5 distinct values), both at threshold 0.1.
+    assert by_name["monthly_fee"].statistic == "Wasserstein distance (normed)"
+    assert by_name["net_service"].statistic == "Jensen-Shannon distance"
+    assert {c.threshold for c in result.columns} == {0.1}
+    small, _ = measure_drift(january.head(500), january.iloc[500:1000], 0.5)
+    small_by_name = {c.name: c for c in small.columns}
+    assert small_by_name["monthly_fee"].statistic == "K-S p_value"
+    assert small_by_name["monthly_fee"].threshold == 0.05
+
+
+def test_shifted_columns_drift_and_only_they(january: pd.DataFrame) -> None:
+    current = january.copy()
+    current["watch_hours_30d"] += 10
+    current["net_service"] = "Fiber optic"
+    result, _ = measure_drift(january, current, 0.1)
+    assert set(result.drifted) == {"watch_hours_30d", "net_service"}
+    assert result.drift_share == pytest.approx(2 / 15)
+    assert result.dataset_drift
+    assert not measure_drift(january, current, 0.5)[0].dataset_drift
+
+
+def test_an_all_null_column_is_named_and_counted_drifted(january: pd.DataFrame) -> None:
+    current = january.copy()
+    current["monthly_fee"] = np.nan
+    result, _ = measure_drift(january, current, 0.5)
+    (fee,) = [c for c in result.columns if c.name == "monthly_fee"]
+    assert fee.drifted and fee.statistic == "all values missing in current" and fee.score is None
+    assert result.drifted == ["monthly_fee"]
+
+
+def test_a_result_round_trips_through_its_dict(january: pd.DataFrame) -> None:
+    result, _ = measure_drift(january, january.copy(), 0.5)
+    assert DriftResult.from_dict(result.as_dict()) == result
+    assert set(result.as_dict()["columns"][SCORE_COLUMN]) == {
+        "statistic",
+        "score",
+        "threshold",
+        "drifted",
+    }
+
+
+def test_performance_and_decay() -> None:
+    labels = np.array([0, 0, 1, 1])
+    scores = performance(labels, np.array([0.1, 0.6, 0.4, 0.9]), training_auc=0.9)
+    assert scores["auc"] == 0.75
+    assert scores["decay"] == pytest.approx(0.15)
+    assert scores["precision"] == 0.5 and scores["recall"] == 0.5 and scores["f1"] == 0.5
+    assert scores["brier"] == pytest.approx((0.01 + 0.36 + 0.36 + 0.01) / 4)
+    assert math.isnan(performance(np.array([1, 1]), np.array([0.2, 0.3]), 0.8)["auc"])
+
+
+def test_score_summary() -> None:
+    summary = score_summary(np.array([0.05, 0.55, 0.95, 0.5]))
+    assert summary["rows"] == 4
+    assert summary["predicted_churn_share"] == 0.75
+    assert sum(n for _, n in summary["histogram"]) == 4
+
+
+BASE = dict(
+    partition="2024-04",
+    champion_partition="2024-02",
+    drift_share=0.0,
+    drift_share_threshold=0.5,
+    decay=0.0,
+    max_auc_drop=0.05,
+    max_age_months=3,
+)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        pytest.param({}, [], id="nothing"),
+        pytest.param({"champion_partition": None}, [RetrainReason.NO_CHAMPION], id="no-champion"),
+        pytest.param({"drift_share": 0.5}, [RetrainReason.DRIFT], id="share-reaches-threshold"),
+        pytest.param({"drift_share": 0.49}, [], id="share-below-threshold"),
+        pytest.param({"decay": 0.051}, [RetrainReason.DECAY], id="decay-over"),
+        pytest.param({"decay": 0.05}, [], id="decay-at-threshold"),
+        pytest.param({"decay": math.nan, "drift_share": None}, [], id="not-measured"),
+        pytest.param({"partition": "2024-06"}, [RetrainReason.CHAMPION_AGE], id="four-months-old"),
+        pytest.param({"partition": "2024-05"}, [], id="three-months-old"),
+        pytest.param(
+            {"drift_share": 0.9, "decay": 0.3},
+            [RetrainReason.DRIFT, RetrainReason.DECAY],
+            id="drift-and-decay",
+        ),
+    ],
+)
+def test_retrain_reasons(changes: dict, expected: list[RetrainReason]) -> None:
+    assert retrain_reasons(**(BASE | changes)) == expected
+
+
+def test_months_between() -> None:
+    assert months_between("2024-11", "2025-02") == 3
+
+
+def test_large_sides_are_sampled_and_keep_their_verdicts(january: pd.DataFrame) -> None:
+    current = january.copy()
+    current["watch_hours_30d"] += 10
+    full, _ = measure_drift(january, current, 0.1)
+    sampled, _ = measure_drift(january, current, 0.1, sample_rows=2000)
+    assert sampled.drifted == full.drifted == ["watch_hours_30d"]
+    assert (sampled.reference_rows, sampled.current_rows) == (7043, 7043)
