@@ -10,8 +10,10 @@ from dagster_celery.executor import CELERY_CONFIG
 from streamflow_assets.core.celery import check_broker, executor_config
 from streamflow_assets.core.settings import Settings
 
+CELERY = "celery"
 
-@executor(name="celery", config_schema=CELERY_CONFIG, requirements=out_of_process())
+
+@executor(name=CELERY, config_schema=CELERY_CONFIG, requirements=out_of_process())
 def checked_celery_executor(init_context):
     """dagster-celery's executor, after one connection to the broker: a broker that is down
     fails the run at once, naming it, instead of after kombu's retries with a bare errno."""

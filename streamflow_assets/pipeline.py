@@ -15,11 +15,11 @@ from dagster import (
     Definitions,
     RunsFilter,
     execute_job,
-    in_process_executor,
     reconstructable,
 )
 
 from streamflow_assets.core.celery import BrokerUnreachable
+from streamflow_assets.executors import CELERY
 from streamflow_assets.jobs import MONTHLY_PIPELINE
 
 # Every run records the process that executes it, so that a later pipeline can tell a run whose
@@ -94,7 +94,9 @@ def run_month(
     selection = [AssetKey(name) for name in assets] if assets else None
     # The one-line summary is the console output; every event stays in the instance and UI.
     quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-    if job.executor_def.name == in_process_executor.name:
+    # execute_in_process runs every step in this process whatever the job's executor; only the
+    # celery executor's steps must run elsewhere, on its workers.
+    if job.executor_def.name != CELERY:
         result = job.execute_in_process(
             run_id=run_id,
             partition_key=partition,
