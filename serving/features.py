@@ -186,7 +186,7 @@ class OnlineFeatureReader:
         client = self._online._get_client(self._config.online_store)
         with client.pipeline(transaction=False) as pipe:
             for user_id in user_ids:
-                key = serialize_entity_key(self._entity_key(user_id), self._key_version)
+                key = _serialized_key(user_id, self._key_version)
                 pipe.hmget(key + project, self._redis_fields)
             replies = pipe.execute()
         count = len(user_ids)
