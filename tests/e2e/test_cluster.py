@@ -212,7 +212,9 @@ def test_predict_answers_from_redis_with_the_champion_from_mlflow_and_survives_a
         ready = httpx.get(f"{url}/ready", timeout=10)
         assert ready.status_code == 503
         assert "Redis" in ready.json()["detail"]
-        assert time.monotonic() - started < 8
+        # Named errors, not a hang: redis-py 8 retries a refused connection three times with
+        # backoff (seconds per call on a loaded machine), far below a client's patience.
+        assert time.monotonic() - started < 30
 
         proxy.restore()
         deadline = time.monotonic() + 15
