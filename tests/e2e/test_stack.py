@@ -261,11 +261,11 @@ def test_a_backfill_launched_like_the_ui_is_run_by_the_daemon_then_predict_answe
         metrics = api.get("/metrics").text
     # The Grafana dashboard charts these series: each must be one the API really exports.
     charted = set(re.findall(r"streamflow_[a-z_0-9]+", DASHBOARD.read_text()))
+    # Sample names (`_bucket`, `_total`, …) and the families they belong to (`# TYPE` lines).
     exported = {
-        name
+        line.split()[2] if line.startswith("# TYPE ") else line.split("{")[0].split(" ")[0]
         for line in metrics.splitlines()
-        if line and not line.startswith("#")
-        for name in [line.split("{")[0].split(" ")[0]]
+        if line and (line.startswith("# TYPE ") or not line.startswith("#"))
     }
     assert charted <= exported, charted - exported
 
