@@ -98,7 +98,7 @@ class Registry:
         registered = self.client.search_model_versions(
             f"name = '{self.name}' and tags.dagster_run_id = '{dagster_run_id}'"
         )
-        serving = self.production()
+        serving = self.champion()
         for version in registered:
             undecided = "promotion_decision" not in version.tags
             if undecided and (serving is None or version.version != serving.version):
