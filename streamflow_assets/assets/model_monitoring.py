@@ -40,6 +40,7 @@ from streamflow_assets.core.monitoring import (
     SNAPSHOT_TABLES,
     DriftResult,
     drift_frame,
+    drift_sample,
     measure_drift,
     month_features,
     performance,
@@ -205,10 +206,11 @@ def feature_drift(
             )
         else:
             model = registry.compiled_model(incumbent.version)
+            samples = [drift_sample(reference), drift_sample(current)]
             result, html = measure_drift(
-                drift_frame(reference, model.predict_proba(model_inputs(reference))),
-                drift_frame(current, model.predict_proba(model_inputs(current))),
+                *(drift_frame(side, model.predict_proba(model_inputs(side))) for side in samples),
                 threshold,
+                rows=(len(reference), len(current)),
             )
             run_id = registry.log_monitoring(
                 "feature_drift",

@@ -124,7 +124,9 @@ def _all_missing(column: pd.Series) -> bool:
 DRIFT_SAMPLE_ROWS = 20_000
 
 
-def _sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
+def drift_sample(frame: pd.DataFrame, rows: int = DRIFT_SAMPLE_ROWS) -> pd.DataFrame:
+    """The seeded sample of at most `rows` rows that drift is measured on (taken before scoring,
+    so only the sample is scored)."""
     return frame if len(frame) <= rows else frame.sample(n=rows, random_state=0)
 
 
@@ -133,18 +135,20 @@ def measure_drift(
     current: pd.DataFrame,
     share_threshold: float,
     sample_rows: int = DRIFT_SAMPLE_ROWS,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[DriftResult, str]:
     """Evidently's DataDriftPreset on `DRIFT_COLUMNS`: the result and the report as HTML.
 
-    Each side is a seeded sample of at most `sample_rows` rows. A column without a single value
+    Each side is a seeded sample of at most `sample_rows` rows (`drift_sample`); `rows` are the
+    months' own row counts when the sides were sampled already. A column without a single value
     on one side cannot be tested; it is reported as drifted (statistic `all values missing in
     …`), since a feature that lost every value has moved.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    rows = (len(reference), len(current))
-    reference, current = _sample(reference, sample_rows), _sample(current, sample_rows)
+    rows = rows or (len(reference), len(current))
+    reference, current = drift_sample(reference, sample_rows), drift_sample(current, sample_rows)
 
     empty = {
         name: side

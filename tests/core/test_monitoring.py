@@ -16,6 +16,7 @@ from streamflow_assets.core.monitoring import (
     DriftResult,
     RetrainReason,
     drift_frame,
+    drift_sample,
     measure_drift,
     month_features,
     months_between,
@@ -152,3 +153,19 @@ def test_large_sides_are_sampled_and_keep_their_verdicts(january: pd.DataFrame) 
     sampled, _ = measure_drift(january, current, 0.1, sample_rows=2000)
     assert sampled.drifted == full.drifted == ["watch_hours_30d"]
     assert (sampled.reference_rows, sampled.current_rows) == (7043, 7043)
+
+
+def test_sides_sampled_before_scoring_get_the_same_result(january: pd.DataFrame) -> None:
+    """feature_drift scores only the sample: the same rows as sampling the scored month."""
+    current = january.copy()
+    current["watch_hours_30d"] += 10
+    inside, _ = measure_drift(january, current, 0.1, sample_rows=2000)
+    before, _ = measure_drift(
+        drift_sample(january, 2000),
+        drift_sample(current, 2000),
+        0.1,
+        sample_rows=2000,
+        rows=(len(january), len(current)),
+    )
+    assert before == inside
+    assert (before.reference_rows, before.current_rows) == (7043, 7043)
