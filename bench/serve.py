@@ -228,6 +228,7 @@ def measure(command: list[str], pid: int, sent: int) -> dict:
         "p99": percentile(0.99),
         "rps": len(latencies) / result["wall"],
         "errors": len(result["errors"]),
+        "error_statuses": sorted(set(result["errors"])),
         # Server CPU per request (warm-up included): what a request costs, whatever the wait.
         "cpu_us": cpu / sent * 1e6,
     }
@@ -393,8 +394,8 @@ def main() -> None:
                     ),
                     *large_cases,
                 ]
-                for name, port, path, users, pid, requests in cases:
-                    result = run_case(client, port, path, users, concurrency, args, pid, requests)
+                for name, port, path, bodies, pid, requests in cases:
+                    result = run_case(client, port, path, bodies, concurrency, args, pid, requests)
                     rss, peak = memory_mb(pid)
                     rows.append(
                         {"client": client, "case": name, "concurrency": concurrency, **result}
@@ -404,7 +405,8 @@ def main() -> None:
                         f"{client:<5} c={concurrency:<3} {name:<24} p50 {result['p50']:7.2f} ms  "
                         f"p95 {result['p95']:7.2f}  p99 {result['p99']:7.2f}  "
                         f"{result['rps']:8.1f} req/s  CPU {result['cpu_us']:7.0f} us/req  "
-                        f"errors {result['errors']}  RSS {rss:.0f} MB",
+                        f"errors {result['errors']} {result['error_statuses'] or ''}  "
+                        f"RSS {rss:.0f} MB",
                         flush=True,
                     )
         report = render(rows, args, startup, startup_rss, (load_before, os.getloadavg()[0]))
@@ -561,6 +563,12 @@ def render(
         "Targets (issue 13):",
         "",
         *verdicts(by, args.clients[0], rss_after_load),
+        *(
+            f"- **{r['errors']} errors** (HTTP {r['error_statuses']}) in {r['case']} at "
+            f"c={r['concurrency']}: its figures are not valid"
+            for r in rows
+            if r["errors"]
+        ),
         "",
     ]
     return "\n".join(lines)
