@@ -49,8 +49,8 @@ format: install
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
 
 # The docker compose services started natively (PostgreSQL, MLflow, Dagster webserver + daemon,
-# API; with PROFILE=cluster also RabbitMQ, Redis and two celery workers); pids and logs under
-# $$STREAMFLOW_DATA_DIR/stack/ (default var/stack/).
+# API; with PROFILE=cluster also RabbitMQ, Redis and two celery workers) under supervisord; its
+# config, socket and logs under $$STREAMFLOW_DATA_DIR/stack/ (default var/stack/).
 stack: install
 	$(if $(PROFILE),STREAMFLOW_PROFILE=$(PROFILE)) .venv/bin/python -m streamflow_assets.stack up
 

@@ -140,7 +140,7 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     with ExitStack() as stack:
-        env, users_file = prepare(stack, args)
+        env, users_file, _ = prepare(stack, args)
         settings = ServingSettings(data_dir=Path(env["STREAMFLOW_DATA_DIR"]))
         model_uri, tracking_uri = settings.model_uri, settings.tracking_uri
         ports = {name: free_port() for name in ("ours", "textbook", "feast", "mlflow")}
@@ -235,7 +235,8 @@ def render(rows: list[dict], rss: dict, args, model_uri: str, load_avg) -> str:
         "# This API beside its peers",
         "",
         f"`python bench/peers.py`: {args.requests} requests per case after {args.warmup} "
-        f"warm-up, the three cases interleaved per concurrency, the 7,043 real users in turn; "
+        f"warm-up, the three cases interleaved per concurrency, a seeded random sample of the "
+        "real users in turn; "
         f"one model ({model_uri}) and one Feast online store (SQLite), built by the pipeline "
         "from the real seeds. Each server is one process (one worker); the load generators "
         "(`bench/serve.py`'s raw keep-alive sockets, and for the assembled peer a client that "

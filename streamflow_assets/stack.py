@@ -1,4 +1,5 @@
-"""`make stack`: PostgreSQL, MLflow, Dagster webserver and daemon, and the API, without Docker.
+"""`make stack`: PostgreSQL, MLflow, Dagster webserver and daemon, and the API, without Docker,
+as supervisord programs.
 
 Under the cluster profile also RabbitMQ and Redis (started when down) and two celery workers.
 """
@@ -6,11 +7,9 @@ Under the cluster profile also RabbitMQ and Redis (started when down) and two ce
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import os
+import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -42,15 +41,6 @@ SYSTEM_SERVERS = {
         + ["--logfile", "/var/log/redis/ci.log"],
     ),
 }
-# Started in between the service and its command: a process started with `&` by a shell inherits
-# SIGINT ignored, and Dagster handles SIGTERM as it handles SIGINT, so it would ignore
-# `stack down`. Resetting both to their defaults before exec makes SIGTERM stop it again.
-_LAUNCHER = (
-    "import os, signal, sys\n"
-    "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
-    "signal.signal(signal.SIGQUIT, signal.SIG_DFL)\n"
-    "os.execv(sys.argv[1], sys.argv[1:])\n"
-)
 
 
 class StackSettings(BaseSettings):
@@ -176,12 +166,6 @@ class Stack:
         command = [str(Path(sys.executable).parent / "streamflow"), "celery-worker", "--name"]
         return [Service(name, [*command, name], None) for name in WORKERS]
 
-    def pid_file(self, name: str) -> Path:
-        return self.state_dir / f"{name}.pid"
-
-    def log_file(self, name: str) -> Path:
-        return self.state_dir / f"{name}.log"
-
 
 def dsn(settings: Settings, database: str) -> str:
     """libpq/SQLAlchemy URL of `database` on StreamFlow's PostgreSQL server."""
@@ -300,102 +284,147 @@ def prepare_dagster_home(stack: Stack) -> Path:
     return home
 
 
-@dataclass(frozen=True)
-class Record:
-    """What `up` wrote about a process it started: enough to recognise it, not a reused pid."""
+class Supervisor:
+    """supervisord over a state dir: one program per service, each in its own process group
+    (its workers are stopped with it), its output in `<name>.log`; `supervisorctl` drives it.
 
-    name: str
-    pid: int
-    start_ticks: int
-    command: list[str]
+    The process runner is supervisord's; only the readiness waits (an HTTP answer) are ours.
+    """
 
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__)
+    def __init__(self, state_dir: Path, services: Sequence[Service] = (), stop_timeout=60.0):
+        self.state_dir = state_dir
+        self.services = list(services)
+        self.stop_timeout = stop_timeout
+        self.config = state_dir / "supervisord.conf"
 
-    @classmethod
-    def read(cls, path: Path) -> Record:
-        return cls(**json.loads(path.read_text()))
+    def log_file(self, name: str) -> Path:
+        return self.state_dir / f"{name}.log"
 
-
-def _stat(pid: int | str) -> list[str] | None:
-    """Fields 3 (state) onwards of /proc/<pid>/stat; None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name may hold spaces and parentheses: fields count from the last ')'.
-    return stat.rsplit(")", 1)[1].split()
-
-
-def _start_ticks(pid: int) -> int | None:
-    """The running process's start time in clock ticks since boot (None when gone or a zombie)."""
-    _reap(pid)
-    fields = _stat(pid)
-    if fields is None or fields[0] in ("Z", "X"):
-        return None
-    return int(fields[19])
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a non-zombie process is left in the process group."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for entry in proc.iterdir():
-        fields = _stat(entry.name) if entry.name.isdigit() else None
-        if fields is not None and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
-def running(stack: Stack) -> dict[str, Record]:
-    """The services `up` started that are still running, by name."""
-    alive = {}
-    for name in SERVICES:
-        path = stack.pid_file(name)
-        if path.exists():
-            record = Record.read(path)
-            if _start_ticks(record.pid) == record.start_ticks:
-                alive[name] = record
-    return alive
-
-
-def start(stack: Stack, service: Service, env: dict[str, str]) -> Record:
-    """Start `service` in its own session (so one signal reaches all its workers), log to file."""
-    stack.state_dir.mkdir(parents=True, exist_ok=True)
-    with open(stack.log_file(service.name), "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-c", _LAUNCHER, *service.command],
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    ticks = _start_ticks(process.pid)
-    record = Record(service.name, process.pid, ticks if ticks is not None else -1, service.command)
-    stack.pid_file(service.name).write_text(record.to_json())
-    return record
-
-
-def wait_ready(stack: Stack, service: Service, record: Record, deadline: float) -> None:
-    """Until the service's URL answers (any HTTP status), or raise with its log's tail."""
-    while True:
-        if _start_ticks(record.pid) != record.start_ticks:
-            raise RuntimeError(f"{service.name} exited:\n{_tail(stack.log_file(service.name))}")
-        if service.ready_url is None or _answers(service.ready_url):
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"{service.name} did not answer {service.ready_url} in time:\n"
-                + _tail(stack.log_file(service.name))
+    def write_config(self) -> None:
+        state = self.state_dir
+        sections = [
+            f"[unix_http_server]\nfile={state / 'supervisor.sock'}\nchmod=0700",
+            f"[supervisord]\nlogfile={state / 'supervisord.log'}\n"
+            f"pidfile={state / 'supervisord.pid'}\ndirectory={REPO_ROOT}",
+            "[rpcinterface:supervisor]\n"
+            "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+            f"[supervisorctl]\nserverurl=unix://{state / 'supervisor.sock'}",
+        ]
+        for priority, service in enumerate(self.services, start=1):
+            # Values are Python %-format strings to supervisord: a literal % is written %%.
+            command = shlex.join(service.command).replace("%", "%%")
+            if "\n" in command:
+                raise ValueError(f"{service.name}: a supervisord command is one line: {command!r}")
+            sections.append(
+                f"[program:{service.name}]\ncommand={command}\ndirectory={REPO_ROOT}\n"
+                # Started by `up` in order, never restarted behind its back: a service that
+                # exits is reported with its log, not hidden by a restart loop.
+                f"priority={priority}\nautostart=false\nautorestart=false\nstartsecs=0\n"
+                f"stopasgroup=true\nkillasgroup=true\nstopwaitsecs={self.stop_timeout:.0f}\n"
+                f"stdout_logfile={self.log_file(service.name)}\nredirect_stderr=true"
             )
-        time.sleep(0.5)
+        state.mkdir(parents=True, exist_ok=True)
+        # The commands hold the database URLs, passwords included: for this user's eyes only.
+        self.config.touch(mode=0o600)
+        self.config.chmod(0o600)
+        self.config.write_text("\n\n".join(sections) + "\n")
+
+    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(Path(sys.executable).with_name("supervisorctl")), "-c", str(self.config)]
+        return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
+
+    def statuses(self) -> dict[str, tuple[str, int | None]]:
+        """Each program's supervisord state and pid; empty when supervisord is not running."""
+        if not self.config.exists():
+            return {}
+        found = {}
+        for line in self.ctl("status").stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].isupper():
+                pid = parts[3].rstrip(",") if parts[1] == "RUNNING" else None
+                found[parts[0]] = (parts[1], int(pid) if pid else None)
+        return found
+
+    def running(self) -> dict[str, int]:
+        """The pids of the programs running now, by name."""
+        return {name: pid for name, (state, pid) in self.statuses().items() if state == "RUNNING"}
+
+    def daemon_pid(self) -> int | None:
+        answer = self.ctl("pid") if self.config.exists() else None
+        return int(answer.stdout) if answer and answer.stdout.strip().isdigit() else None
+
+    def ensure_daemon(self, env: dict[str, str], timeout: float = 30.0) -> None:
+        """Start supervisord (it detaches) with the services' environment, or make a running one
+        read the current programs."""
+        self.write_config()
+        if self.daemon_pid() is not None:
+            self.ctl("update")
+            return
+        supervisord = str(Path(sys.executable).with_name("supervisord"))
+        subprocess.run([supervisord, "-c", str(self.config)], env=env, check=True)
+        deadline = time.monotonic() + timeout
+        while self.daemon_pid() is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"supervisord did not answer in {timeout:.0f}s:\n"
+                    + _tail(self.state_dir / "supervisord.log")
+                )
+            time.sleep(0.2)
+
+    def start(self, service: Service) -> int:
+        answer = self.ctl("start", service.name)
+        pid = self.running().get(service.name)
+        if pid is None:
+            raise RuntimeError(
+                f"{service.name} did not start: {answer.stdout.strip()}\n"
+                + _tail(self.log_file(service.name))
+            )
+        return pid
+
+    def wait_ready(self, service: Service, deadline: float) -> None:
+        """Until the service's URL answers (any HTTP status), or raise with its log's tail."""
+        while True:
+            if service.name not in self.running():
+                raise RuntimeError(f"{service.name} exited:\n{_tail(self.log_file(service.name))}")
+            if service.ready_url is None or _answers(service.ready_url):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{service.name} did not answer {service.ready_url} in time:\n"
+                    + _tail(self.log_file(service.name))
+                )
+            time.sleep(0.5)
+
+    def stop(self, names: Sequence[str]) -> None:
+        if names:
+            self.ctl("stop", *names)
+
+    def shutdown(self) -> list[str]:
+        """Stop every program (SIGTERM to its process group, SIGKILL after the stop timeout) and
+        supervisord itself; returns the programs that were running."""
+        pid = self.daemon_pid()
+        if pid is None:
+            return []
+        was_running = sorted(self.running(), key=[s.name for s in self.services].index)
+        self.ctl("shutdown")
+        deadline = time.monotonic() + self.stop_timeout + 30
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"supervisord (pid {pid}) did not exit")
+            time.sleep(0.2)
+        return was_running
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def supervisor(stack: Stack) -> Supervisor:
+    return Supervisor(stack.state_dir, stack.services(), stack.stack.stop_timeout_seconds)
 
 
 def _answers(url: str) -> bool:
@@ -414,7 +443,7 @@ def _tail(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def up(stack: Stack, names: Sequence[str] = SERVICES) -> dict[str, Record]:
+def up(stack: Stack, names: Sequence[str] = SERVICES) -> dict[str, int]:
     """Start the services in `names` that are not running yet, and wait until they answer.
 
     If one fails to come up, every service this call started is stopped again.
@@ -429,72 +458,41 @@ def up(stack: Stack, names: Sequence[str] = SERVICES) -> dict[str, Record]:
     if created:
         print(f"created databases: {', '.join(created)}")
     prepare_dagster_home(stack)
-    env = stack.environment()
-    already = running(stack)
-    started: dict[str, Record] = {}
-    services = [s for s in stack.services() if s.name in names and s.name not in already]
+    processes = supervisor(stack)
+    processes.ensure_daemon(stack.environment())
+    already = processes.running()
     for name in already:
         if name in names:
-            print(f"{name:<18} already running (pid {already[name].pid})")
+            print(f"{name:<18} already running (pid {already[name]})")
+    services = [s for s in processes.services if s.name in names and s.name not in already]
     deadline = time.monotonic() + stack.stack.start_timeout_seconds
     # The API loads the champion model at startup: it comes after the tracking server answers
     # (else it starts not ready and waits for its next registry poll).
     waves = [[s for s in services if s.name != "api"], [s for s in services if s.name == "api"]]
+    started: dict[str, int] = {}
     try:
         for wave in waves:
             for service in wave:
-                started[service.name] = start(stack, service, env)
+                started[service.name] = processes.start(service)
             for service in wave:
-                wait_ready(stack, service, started[service.name], deadline)
-                pid = started[service.name].pid
-                print(f"{service.name:<18} pid {pid:<8} {service.ready_url or ''}")
+                processes.wait_ready(service, deadline)
+                print(
+                    f"{service.name:<18} pid {started[service.name]:<8} {service.ready_url or ''}"
+                )
     except BaseException:
-        stop_records(stack, list(started.values()))
+        processes.stop(list(started))
         raise
-    print(f"logs and pids in {stack.state_dir}")
+    print(f"logs in {stack.state_dir}; `supervisorctl -c {processes.config} status`")
     return started
 
 
-def stop_records(stack: Stack, records: Sequence[Record]) -> list[str]:
-    """SIGTERM each recorded process group, SIGKILL what is left of it after the timeout."""
-    signalled = []
-    for record in records:
-        ticks = _start_ticks(record.pid)
-        # A live process under the recorded pid but with another start time is somebody else's:
-        # our group is gone (a pid is never reused while its process group has members).
-        if ticks is None or ticks == record.start_ticks:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(record.pid, signal.SIGTERM)
-                signalled.append(record)
-    deadline = time.monotonic() + stack.stack.stop_timeout_seconds
-    for record in signalled:
-        while _group_alive(record.pid) and time.monotonic() < deadline:
-            _reap(record.pid)
-            time.sleep(0.2)
-        if _group_alive(record.pid):
-            print(f"{record.name} ignored SIGTERM; killing its process group", file=sys.stderr)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(record.pid, signal.SIGKILL)
-        _reap(record.pid)
-    for record in records:
-        stack.pid_file(record.name).unlink(missing_ok=True)
-    return [record.name for record in signalled]
-
-
-def _reap(pid: int) -> None:
-    """Collect the exit status when this process is the parent (tests), else nothing to do."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-
-
 def down(stack: Stack) -> list[str]:
-    """Stop exactly the processes `up` recorded under `<data_dir>/stack/`, nothing else."""
-    records = [Record.read(stack.pid_file(n)) for n in SERVICES if stack.pid_file(n).exists()]
-    stopped = stop_records(stack, records)
+    """Stop what supervisord runs for this data dir, and supervisord; nothing else."""
+    stopped = supervisor(stack).shutdown()
     for name in stopped:
         print(f"stopped {name}")
-    if not records:
-        print(f"nothing recorded in {stack.state_dir}")
+    if not stopped:
+        print(f"nothing running under {stack.state_dir}")
     return stopped
 
 
@@ -523,9 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.action == "down":
         down(stack)
     else:
-        alive = running(stack)
+        alive = supervisor(stack).running()
         for name in SERVICES:
-            print(f"{name:<18} {'pid ' + str(alive[name].pid) if name in alive else 'stopped'}")
+            print(f"{name:<18} {'pid ' + str(alive[name]) if name in alive else 'stopped'}")
     return 0
 
 

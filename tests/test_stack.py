@@ -1,4 +1,5 @@
-"""`make stack` processes: SIGTERM reaches Dagster-like servers, and only what was started."""
+"""`make stack` processes under supervisord: SIGTERM reaches Dagster-like servers and their
+process groups, and `down` stops only what supervisord runs for the data dir."""
 
 from __future__ import annotations
 
@@ -15,26 +16,19 @@ import pytest
 
 from streamflow_assets.cli import dagster_postgres_env, prepare_dagster_home
 from streamflow_assets.core.settings import Settings
-from streamflow_assets.stack import (
-    Record,
-    Service,
-    Stack,
-    StackSettings,
-    _group_alive,
-    _start_ticks,
-    down,
-    start,
-)
+from streamflow_assets.stack import Service, Stack, StackSettings, Supervisor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What `dagster-webserver`, `dagster-daemon` and `dagster dev` do at startup
 # (dagster._utils.interrupts.setup_interrupt_handlers): SIGTERM gets SIGINT's handler, so a
-# process that inherited SIGINT ignored also ignores SIGTERM. It reports how it ended.
+# process that inherited SIGINT ignored also ignores SIGTERM. It starts a child of its own (as
+# the webserver and MLflow start workers) and reports how it ended.
 DAGSTER_LIKE = """
-import pathlib, signal, sys, time
+import pathlib, signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))
 out = pathlib.Path(sys.argv[1])
-out.write_text("up")
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+out.write_text(f"up {worker.pid}")
 try:
     time.sleep(600)
 except KeyboardInterrupt:
@@ -52,13 +46,22 @@ def sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def wait_for_text(path: Path, expected: str, timeout: float = 30) -> None:
+def wait_for_text(path: Path, expected: str, timeout: float = 30) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists() and path.read_text() == expected:
-            return
+        if path.exists() and path.read_text().startswith(expected):
+            return path.read_text()
         time.sleep(0.05)
     raise AssertionError(f"{path} never said {expected!r}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone but for its exit status.
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
 
 
 @pytest.fixture
@@ -83,46 +86,62 @@ def test_the_trap_is_real_a_dagster_like_server_started_with_sigint_ignored_igno
         child.wait()
 
 
-def test_stack_down_stops_a_dagster_like_server_with_sigterm_even_if_started_with_sigint_ignored(
+def test_down_stops_a_dagster_like_server_and_its_workers_even_if_up_ran_with_sigint_ignored(
     stack: Stack, tmp_path: Path
 ) -> None:
-    report = tmp_path / "report"
-    service = Service("dagster-daemon", [sys.executable, "-c", DAGSTER_LIKE, str(report)], None)
+    report, script = tmp_path / "report", tmp_path / "dagster_like.py"
+    script.write_text(DAGSTER_LIKE)
+    service = Service("dagster-daemon", [sys.executable, str(script), str(report)], None)
+    processes = Supervisor(stack.state_dir, [service], stop_timeout=15)
     with sigint_ignored():
-        record = start(stack, service, dict(os.environ))
-    wait_for_text(report, "up")
-    assert stack.pid_file("dagster-daemon").exists()
+        processes.ensure_daemon(dict(os.environ))
+    try:
+        pid = processes.start(service)
+        worker = int(wait_for_text(report, "up").split()[1])
+        assert processes.running() == {"dagster-daemon": pid}
 
-    started = time.monotonic()
-    assert down(stack) == ["dagster-daemon"]
-    # Interrupted (SIGTERM handled as SIGINT), well before the SIGKILL deadline.
-    assert report.read_text() == "interrupted"
-    assert time.monotonic() - started < 10
-    assert not _group_alive(record.pid)
-    assert not stack.pid_file("dagster-daemon").exists()
+        started = time.monotonic()
+        assert processes.shutdown() == ["dagster-daemon"]
+        # Interrupted (SIGTERM handled as SIGINT), well before the SIGKILL deadline; the worker
+        # it started went with its process group.
+        assert report.read_text() == "interrupted"
+        assert time.monotonic() - started < 10
+        assert not alive(pid) and not alive(worker)
+        assert processes.daemon_pid() is None and processes.running() == {}
+    finally:
+        processes.shutdown()
 
 
-def test_stack_down_leaves_alone_a_process_whose_pid_was_recorded_but_reused(
+def test_a_service_that_exits_at_start_is_named_with_its_log(stack: Stack) -> None:
+    failing = Service("mlflow", [sys.executable, "-c", "print('no such backend'); exit(3)"], None)
+    processes = Supervisor(stack.state_dir, [failing], stop_timeout=15)
+    processes.ensure_daemon(dict(os.environ))
+    try:
+        with pytest.raises(RuntimeError, match=r"mlflow (did not start|exited)") as raised:
+            processes.start(failing)
+            processes.wait_ready(failing, time.monotonic() + 30)
+        assert "no such backend" in str(raised.value)
+    finally:
+        processes.shutdown()
+
+
+def test_down_without_supervisord_leaves_alone_the_process_of_a_stale_pid_file(
     stack: Stack,
 ) -> None:
     bystander = subprocess.Popen(
         [sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True
     )
     try:
-        stack.state_dir.mkdir(parents=True)
-        ticks = _start_ticks(bystander.pid)
-        assert ticks is not None
-        # A record of an earlier process that happened to have the bystander's pid.
-        stale = Record("mlflow", bystander.pid, ticks - 1, ["mlflow", "server"])
-        stack.pid_file("mlflow").write_text(stale.to_json())
+        processes = Supervisor(stack.state_dir, [], stop_timeout=15)
+        processes.write_config()
+        # What a supervisord that died without cleaning up would leave, the pid since reused.
+        (stack.state_dir / "supervisord.pid").write_text(f"{bystander.pid}\n")
 
         started = time.monotonic()
-        assert down(stack) == []
-        # Not even waited for, let alone killed.
-        assert time.monotonic() - started < 1
+        assert processes.shutdown() == []
+        assert time.monotonic() - started < 10
         time.sleep(0.5)
         assert bystander.poll() is None
-        assert not stack.pid_file("mlflow").exists()
     finally:
         bystander.kill()
         bystander.wait()

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from streamflow_assets.core.settings import Settings
-from streamflow_assets.stack import _group_alive, create_databases, drop_databases
+from streamflow_assets.stack import Supervisor, create_databases, drop_databases
 from tests.conftest import child_env
 from tests.e2e.browser import CHROMIUM, chromium
 from tests.profiles import free_port
@@ -124,11 +124,13 @@ class NativeStack:
         )
 
 
-def _recorded_groups(data_dir: Path) -> dict[str, int]:
-    return {
-        path.stem: json.loads(path.read_text())["pid"]
-        for path in (data_dir / "stack").glob("*.pid")
-    }
+def _group_alive(pgid: int) -> bool:
+    """Whether a process is left in the process group (supervisord gives each service one)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -178,13 +180,14 @@ def native_stack(
         assert started.returncode == 0, started.stdout + started.stderr + stack.logs()
         yield stack
     finally:
-        groups = _recorded_groups(data_dir)
+        groups = Supervisor(data_dir / "stack").running()
         stopped = stack.stack("down", timeout=300)
         try:
             assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+            assert set(groups) >= {"mlflow", "dagster-webserver", "dagster-daemon"}
             alive = [name for name, pgid in groups.items() if _group_alive(pgid)]
             assert not alive, f"still running after `stack down`: {alive}\n{stack.logs()}"
-            assert not list((data_dir / "stack").glob("*.pid"))
+            assert Supervisor(data_dir / "stack").daemon_pid() is None
             assert bystander.poll() is None, "`stack down` stopped a process it did not start"
         finally:
             os.killpg(bystander.pid, signal.SIGKILL)
