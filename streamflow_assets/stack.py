@@ -405,7 +405,9 @@ class Supervisor:
         pid = self.daemon_pid()
         if pid is None:
             return []
-        was_running = sorted(self.running(), key=[s.name for s in self.services].index)
+        # In start order; a program of another profile's `up` (celery workers) goes too.
+        order = {service.name: index for index, service in enumerate(self.services)}
+        was_running = sorted(self.running(), key=lambda name: (order.get(name, len(order)), name))
         self.ctl("shutdown")
         deadline = time.monotonic() + self.stop_timeout + 30
         while _alive(pid):

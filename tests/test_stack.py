@@ -179,3 +179,18 @@ def test_prepare_dagster_home_gives_each_profile_its_instance_file(
     # The postgres instance file reads its server from the StreamFlow settings' one.
     assert os.environ["DAGSTER_POSTGRES_PORT"] == "6543"
     assert os.environ["DAGSTER_POSTGRES_DB"] == "dagster"
+
+
+def test_down_under_another_profile_stops_the_programs_it_does_not_know_too(stack: Stack) -> None:
+    """`make stack PROFILE=cluster` then a plain `make stack-down`: the workers go as well."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+    api, worker = Service("api", sleeper, None), Service("celery-worker-1", sleeper, None)
+    cluster = Supervisor(stack.state_dir, [api, worker], stop_timeout=15)
+    cluster.ensure_daemon(dict(os.environ))
+    try:
+        pids = [cluster.start(api), cluster.start(worker)]
+        plain = Supervisor(stack.state_dir, [api], stop_timeout=15)
+        assert plain.shutdown() == ["api", "celery-worker-1"]
+        assert not any(alive(pid) for pid in pids)
+    finally:
+        cluster.shutdown()
