@@ -175,6 +175,9 @@ ASSETS = [
     "training_dataset",
     "churn_model",
     "production_model",
+    "batch_scores",
+    "feature_drift",
+    "model_performance",
 ]
 
 
