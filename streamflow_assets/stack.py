@@ -333,21 +333,18 @@ class Supervisor:
         command = [str(Path(sys.executable).with_name("supervisorctl")), "-c", str(self.config)]
         return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
 
-    def statuses(self) -> dict[str, tuple[str, int | None]]:
-        """Each program's supervisord state and pid; empty when supervisord is not running."""
+    def running(self) -> dict[str, int]:
+        """The pids of the programs running now, by name; empty when supervisord is not running.
+
+        From `supervisorctl status` lines: `<name>  RUNNING  pid <pid>, uptime <time>`."""
         if not self.config.exists():
             return {}
         found = {}
         for line in self.ctl("status").stdout.splitlines():
             parts = line.split()
-            if len(parts) >= 2 and parts[1].isupper():
-                pid = parts[3].rstrip(",") if parts[1] == "RUNNING" else None
-                found[parts[0]] = (parts[1], int(pid) if pid else None)
+            if len(parts) >= 4 and parts[1] == "RUNNING":
+                found[parts[0]] = int(parts[3].rstrip(","))
         return found
-
-    def running(self) -> dict[str, int]:
-        """The pids of the programs running now, by name."""
-        return {name: pid for name, (state, pid) in self.statuses().items() if state == "RUNNING"}
 
     def daemon_pid(self) -> int | None:
         answer = self.ctl("pid") if self.config.exists() else None
