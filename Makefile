@@ -17,8 +17,10 @@ install: .venv/.installed
 .uv/bin/uv:
 	$(PYTHON) -m venv .uv && .uv/bin/pip install --quiet uv
 
+# Bytecode compiled at install: where PYTHONDONTWRITEBYTECODE is set (as on these machines), every
+# process would otherwise compile its imports from source, Evidently's 13 s instead of 6.5 s.
 .venv/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON) && touch $@
+	$(UV) sync --frozen --compile-bytecode --python $(PYTHON) && touch $@
 
 demo: install
 	$(if $(SEEDS_DIR),,$(SF) generate --users 7043 --months 3 --seed 42 --out $(DEMO_SEEDS))

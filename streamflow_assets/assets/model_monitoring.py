@@ -41,7 +41,6 @@ from streamflow_assets.core.monitoring import (
     DriftResult,
     drift_frame,
     drift_sample,
-    measure_drift,
     month_features,
     performance,
     retrain_reasons,
@@ -54,6 +53,7 @@ from streamflow_assets.jobs import RETRAIN_REASON_TAG, RETRAINING_JOB
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import (
     AlertSinkResource,
+    DriftResource,
     FreshnessResource,
     ModelRegistryResource,
     SnapshotsResource,
@@ -181,6 +181,7 @@ def feature_drift(
     context: AssetExecutionContext,
     snapshots: SnapshotsResource,
     model_registry: ModelRegistryResource,
+    drift: DriftResource,
 ) -> MaterializeResult:
     """The month's 14 features and the incumbent's scores against its training month (Evidently)."""
     key = context.partition_key
@@ -207,7 +208,7 @@ def feature_drift(
         else:
             model = registry.compiled_model(incumbent.version)
             samples = [drift_sample(reference), drift_sample(current)]
-            result, html = measure_drift(
+            result, html = drift.measure(
                 *(drift_frame(side, model.predict_proba(model_inputs(side))) for side in samples),
                 threshold,
                 rows=(len(reference), len(current)),

@@ -110,6 +110,16 @@ def _floats(values: Sequence[Any]) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+def _flag_texts(values: Sequence[Any]) -> np.ndarray:
+    if isinstance(values, pd.Series) and values.dtype == "boolean":
+        # The same texts without iterating a nullable column in Python (a third of a second per
+        # column of 100,000 users: batch scoring and monitoring go through here).
+        known = values.notna().to_numpy()
+        flags = values.to_numpy(dtype=bool, na_value=False)
+        return np.where(known, np.where(flags, "True", "False"), MISSING).astype(object)
+    return np.array([_BOOL_TEXT.get(v, MISSING) for v in values], dtype=object)
+
+
 def _model_column(feature: Feature, values: Sequence[Any]) -> np.ndarray:
     if feature.dtype == "Float32":
         # Feast serves Float32 features as float32 (a fee of 29.85 comes back as
@@ -119,7 +129,7 @@ def _model_column(feature: Feature, values: Sequence[Any]) -> np.ndarray:
     if feature.dtype == "Int64":
         return _floats(values)
     if feature.dtype == "Bool":
-        return np.array([_BOOL_TEXT.get(v, MISSING) for v in values], dtype=object)
+        return _flag_texts(values)
     return np.array([v if isinstance(v, str) else MISSING for v in values], dtype=object)
 
 

@@ -12,7 +12,6 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -46,12 +45,14 @@ def month_features(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     missing = [table for table in SNAPSHOT_TABLES if table not in frames]
     if missing:
         raise KeyError(f"feature snapshots missing: {missing}")
+    # Aligned on the user_id index (unique per month by the snapshot contract): a fifth of the
+    # time of chained outer merges, which factorize and sort the keys once per merge.
     parts = [
-        frames[view.source_table][[JOIN_KEY, *(f.name for f in view.features)]]
+        frames[view.source_table].set_index(JOIN_KEY)[[f.name for f in view.features]]
         for view in FEATURE_VIEWS
     ]
-    joined = reduce(lambda left, right: left.merge(right, on=JOIN_KEY, how="outer"), parts)
-    return with_stored_dtypes(joined.sort_values(JOIN_KEY, ignore_index=True))
+    joined = pd.concat(parts, axis=1, join="outer").sort_index().rename_axis(JOIN_KEY)
+    return with_stored_dtypes(joined.reset_index())
 
 
 def drift_frame(features: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
@@ -128,6 +129,12 @@ def drift_sample(frame: pd.DataFrame, rows: int = DRIFT_SAMPLE_ROWS) -> pd.DataF
     """The seeded sample of at most `rows` rows that drift is measured on (taken before scoring,
     so only the sample is scored)."""
     return frame if len(frame) <= rows else frame.sample(n=rows, random_state=0)
+
+
+def import_evidently() -> None:
+    """Evidently's import alone costs seconds of CPU: its legacy metrics, UI and plotting
+    packages come with it, whatever is used (`drift_worker` runs it ahead of the step)."""
+    import evidently.presets  # noqa: F401
 
 
 def measure_drift(

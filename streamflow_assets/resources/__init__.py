@@ -7,6 +7,7 @@ from streamflow_assets.resources.features import FeatureStoreResource
 from streamflow_assets.resources.mlflow import MlflowTracking, ModelRegistryResource
 from streamflow_assets.resources.monitoring import (
     AlertSinkResource,
+    DriftResource,
     FreshnessResource,
     JsonlAlertSink,
     LogAlertSink,
@@ -21,6 +22,7 @@ from streamflow_assets.resources.storage import (
 
 __all__ = [
     "AlertSinkResource",
+    "DriftResource",
     "FeatureStoreResource",
     "FreshnessResource",
     "MlflowTracking",
@@ -67,6 +69,8 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
             max_age_days=settings.freshness_max_age_days,
             dagster_ui_url=settings.dagster_ui_url,
         ),
+        # Runs execute their steps in one process, except on the cluster profile's workers.
+        "drift": DriftResource(in_worker=settings.profile != "cluster"),
         "alerts": _alert_sink(settings),
     }
 

@@ -1,4 +1,4 @@
-"""Monitoring statistics on the real seeds: drift verdicts (Evidently), decay, retrain reasons."""
+"""Monitoring statistics on the real seeds: drift (Evidently, also in a worker), decay, retrain."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from dagster import build_init_resource_context
 
 from streamflow_assets.core import seeds
 from streamflow_assets.core.monitoring import (
@@ -24,6 +25,7 @@ from streamflow_assets.core.monitoring import (
     retrain_reasons,
     score_summary,
 )
+from streamflow_assets.resources import DriftResource
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +171,52 @@ def test_sides_sampled_before_scoring_get_the_same_result(january: pd.DataFrame)
     )
     assert before == inside
     assert (before.reference_rows, before.current_rows) == (7043, 7043)
+
+
+def test_a_user_missing_from_one_table_keeps_the_other_views(real_seeds: Path) -> None:
+    """An outer join on user_id, in user_id order, whatever order each table is in."""
+    month = seeds.read_month(real_seeds / "month_000")
+    user = month["usage_agg_30d_snapshots"]["user_id"].iloc[0]
+    month["usage_agg_30d_snapshots"] = month["usage_agg_30d_snapshots"].iloc[1:]
+    month["payments_agg_90d_snapshots"] = month["payments_agg_90d_snapshots"].iloc[::-1]
+    features = month_features(month)
+    assert len(features) == 7043 and features["user_id"].is_monotonic_increasing
+    row = features.set_index("user_id").loc[user]
+    assert row[["watch_hours_30d", "skips_7d"]].isna().all()
+    assert row[["monthly_fee", "failed_payments_90d"]].notna().all()
+
+
+def _worker(in_worker: bool = True) -> DriftResource:
+    drift = DriftResource(in_worker=in_worker)
+    drift.setup_for_execution(build_init_resource_context())
+    return drift
+
+
+def test_the_drift_worker_gives_the_result_of_the_step_process(january: pd.DataFrame) -> None:
+    current = january.copy()
+    current["watch_hours_30d"] += 10
+    drift = _worker()
+    result, html = drift.measure(january, current, 0.1, rows=(7043, 7043))
+    assert result == measure_drift(january, current, 0.1)[0]
+    assert result.drifted == ["watch_hours_30d"] and "<html" in html.lower()
+    # It serves once; a second month in the same run is measured in the step's own process.
+    assert drift.measure(january, january, 0.1, rows=(7043, 7043))[0].drifted == []
+
+
+def test_an_error_in_the_drift_worker_is_raised_in_the_step(january: pd.DataFrame) -> None:
+    with pytest.raises(KeyError, match="incumbent_score"):
+        _worker().measure(january, january.drop(columns=[SCORE_COLUMN]), 0.5, rows=(1, 1))
+
+
+def test_a_drift_worker_that_died_is_named(january: pd.DataFrame) -> None:
+    drift = _worker()
+    drift._worker.kill()
+    with pytest.raises(RuntimeError, match="drift worker exited with -9"):
+        drift.measure(january, january, 0.5, rows=(7043, 7043))
+
+
+def test_a_run_that_never_measured_stops_its_worker() -> None:
+    drift = _worker()
+    worker = drift._worker
+    drift.teardown_after_execution(build_init_resource_context())
+    assert worker.returncode is not None
