@@ -186,8 +186,8 @@ def test_a_user_missing_from_one_table_keeps_the_other_views(real_seeds: Path) -
     assert row[["monthly_fee", "failed_payments_90d"]].notna().all()
 
 
-def _worker(in_worker: bool = True) -> DriftResource:
-    drift = DriftResource(in_worker=in_worker)
+def _worker() -> DriftResource:
+    drift = DriftResource(in_worker=True)
     drift.setup_for_execution(build_init_resource_context())
     return drift
 
