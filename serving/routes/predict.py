@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
 
-from fastapi import APIRouter, Request, Response
-from fastapi.routing import APIRoute
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.dependencies import Scorer
 from serving.errors import (
@@ -19,9 +20,15 @@ from serving.errors import (
     UNKNOWN_USER,
     batch_too_large,
     stale_features,
+    store_unavailable,
     unknown_user,
 )
-from serving.features import OnlineFeatureReader, OnlineFeatures, is_stale
+from serving.features import (
+    OnlineFeatureReader,
+    OnlineFeatures,
+    OnlineStoreUnavailable,
+    is_stale,
+)
 from serving.model import DECISION_THRESHOLD, LoadedModel
 from serving.schemas import (
     BatchPredictRequest,
@@ -36,47 +43,96 @@ from streamflow_assets.core.features import model_inputs
 # A body of one user id is under 100 bytes; anything much larger takes FastAPI's own path (and
 # its body-size handling).
 _DIRECT_BODY_LIMIT = 1024
+PREDICT_PATH = "/predict"
 _RESPONSE = TypeAdapter(PredictResponse)
+_JSON_HEADERS = (b"content-type", b"application/json")
 
 
-class DirectPredictRoute(APIRoute):
-    """`POST /predict`: a known user's answer straight from the body, anything else as declared.
+async def predict_directly(
+    app: FastAPI, scope: Scope, receive: Receive, send: Send, declared: ASGIApp
+) -> None:
+    """`POST /predict` for a small JSON body, answered ahead of FastAPI's stack; else `declared`.
 
-    FastAPI's generic request handling (body decoding in Python, dependency resolution, the
-    response validated again and serialized) costs more CPU than the feature read and the model
-    together. A JSON body for a known user, with the model and store loaded, is answered here
-    with pydantic's compiled JSON parsing and serialization of the same models (same bytes);
-    404 and 409 raise as in the endpoint. An invalid body, another content type or a server not
-    loaded goes through the endpoint as FastAPI handles it, so every error answer is unchanged.
+    FastAPI's middleware stack, routing, request object and dependency resolution cost about
+    as much CPU as the feature read and the model together (a /health is mostly that). A JSON
+    body of a valid user id, with the model and store loaded, is answered here with the same
+    `_predict_one` as the endpoint, pydantic's compiled JSON parsing and serialization of the
+    same models (same bytes), its errors by the app's own handlers, and counted in the same
+    metrics. Anything else (an invalid body, another content type, a server not loaded) goes,
+    with the body read so far, through the app as declared: every error answer is unchanged.
     """
+    state: ServingState | None = getattr(app.state, "serving", None)
+    model = state.models.current if state is not None else None
+    reader = state.features if state is not None else None
+    if state is None or model is None or reader is None or not _small_json(scope):
+        await declared(scope, receive, send)
+        return
+    started = time.perf_counter()
+    read: list[Message] = []
+    body = b""
+    while True:
+        message = await receive()
+        read.append(message)
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    try:
+        user_id = PredictRequest.model_validate_json(body).user_id
+    except ValidationError:
+        # FastAPI's own 422 (or 400), from the endpoint's declaration, over the same messages.
+        await declared(scope, _replaying(read, receive), send)
+        return
+    status = 500
+    try:
+        try:
+            result = _predict_one(state, model, reader, user_id)
+        except HTTPException as error:
+            response = await http_exception_handler(Request(scope), error)
+        except OnlineStoreUnavailable as error:
+            response = await store_unavailable(Request(scope), error)
+        else:
+            content = _RESPONSE.dump_json(result)
+            status = 200
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-length", str(len(content)).encode()), _JSON_HEADERS],
+                }
+            )
+            await send({"type": "http.response.body", "body": content})
+            return
+        status = response.status_code
+        await response(scope, receive, send)
+    finally:
+        state.metrics.request_done(PREDICT_PATH, "POST", str(status), time.perf_counter() - started)
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        declared = super().get_route_handler()
 
-        async def handler(request: Request) -> Response:
-            state: ServingState = request.app.state.serving
-            model, reader = state.models.current, state.features
-            if model is not None and reader is not None and _small_json(request):
-                try:
-                    body = PredictRequest.model_validate_json(await request.body())
-                except ValidationError:
-                    pass  # FastAPI's own 422, from the endpoint's declaration
-                else:
-                    result = _predict_one(state, model, reader, body.user_id)
-                    return Response(_RESPONSE.dump_json(result), media_type="application/json")
-            return await declared(request)
-
-        return handler
-
-
-def _small_json(request: Request) -> bool:
-    headers = request.headers
-    length = headers.get("content-length", "")
+def _small_json(scope: Scope) -> bool:
+    content_type = length = None
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-length":
+            length = value
     return (
-        headers.get("content-type") == "application/json"
+        content_type == b"application/json"
+        and length is not None
         and length.isdigit()
         and int(length) <= _DIRECT_BODY_LIMIT
     )
+
+
+def _replaying(messages: list[Message], receive: Receive) -> Receive:
+    """`receive` that gives the messages already read again first."""
+    pending = list(messages)
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replayed
 
 
 router = APIRouter(tags=["predict"])
@@ -135,18 +191,10 @@ def _predict_one(
     return result
 
 
+@router.post(PREDICT_PATH, responses=BAD_BODY | UNKNOWN_USER | STALE | NOT_READY)
 async def predict(body: PredictRequest, scoring: Scorer) -> PredictResponse:
     """The churn prediction of one user, with the features it was made from."""
     return _predict_one(scoring.state, scoring.model, scoring.reader, body.user_id)
-
-
-router.add_api_route(
-    "/predict",
-    predict,
-    methods=["POST"],
-    responses=BAD_BODY | UNKNOWN_USER | STALE | NOT_READY,
-    route_class_override=DirectPredictRoute,
-)
 
 
 def _predict_batch(
