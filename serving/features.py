@@ -217,32 +217,45 @@ class OnlineFeatureReader:
     def _query(self, count: int) -> str:
         if count == 1 and self._single_query:
             return self._single_query
+        # One user (every /predict) needs no key column to place rows by.
+        key_column = "entity_key, " if count > 1 else ""
         # Numbered parameters: every view's part reuses the same keys, passed once.
         keys = ",".join(f"?{n}" for n in range(1, count + 1))
         return " UNION ALL ".join(
-            f"SELECT {index}, entity_key, feature_name, value, CAST(event_ts AS INTEGER) "
+            f"SELECT {index}, {key_column}feature_name, value, CAST(event_ts AS INTEGER) "
             f"FROM {table} WHERE entity_key IN ({keys})"
             for index, table in enumerate(self._tables)
         )
 
     def _read_sql(self, user_ids: Sequence[str]) -> OnlineFeatures:
         keys = [_serialized_key(user_id, self._key_version) for user_id in user_ids]
-        positions: dict[bytes, list[int]] = {}
-        for i, key in enumerate(keys):
-            positions.setdefault(key, []).append(i)
         count = len(user_ids)
         values: dict[str, list[FeatureValue]] = {name: [None] * count for name in FEATURE_NAMES}
-        times = [[None] * count for _ in self._views]
-        wanted = [set(names) for _, names in self._views]
-        rows = self._online._get_conn(self._config).execute(self._query(len(keys)), keys)
-        for view, key, name, value, epoch in rows:
-            if name not in wanted[view]:
-                continue
-            decoded, event_time = _decode(value), _event_time(epoch)
-            for i in positions[key]:
-                values[name][i] = decoded
-                times[view][i] = event_time
-        event_times = {view.name: times[n] for n, (view, _) in enumerate(self._views)}
+        # Per view, the lists of its served features: a view's table may hold more features.
+        served = [{name: values[name] for name in names} for _, names in self._views]
+        epochs: list[list[int | None]] = [[None] * count for _ in self._views]
+        rows = self._online._get_conn(self._config).execute(self._query(count), keys)
+        if count == 1:
+            for view, name, value, epoch in rows:
+                column = served[view].get(name)
+                if column is not None:
+                    column[0] = _decode(value)
+                    epochs[view][0] = epoch
+        else:
+            positions: dict[bytes, list[int]] = {}
+            for i, key in enumerate(keys):
+                positions.setdefault(key, []).append(i)
+            for view, key, name, value, epoch in rows:
+                column = served[view].get(name)
+                if column is not None:
+                    decoded = _decode(value)
+                    for i in positions[key]:
+                        column[i] = decoded
+                        epochs[view][i] = epoch
+        event_times = {
+            view.name: [None if epoch is None else _event_time(epoch) for epoch in epochs[n]]
+            for n, (view, _) in enumerate(self._views)
+        }
         return OnlineFeatures(user_ids, values, event_times, self.view_features)
 
     def _read_views(self, user_ids: Sequence[str]) -> OnlineFeatures:

@@ -25,10 +25,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 from threadpoolctl import threadpool_limits
 
-from streamflow_assets.core.compiled import CompiledModel
+from streamflow_assets.core.compiled import ENCODING_KEY, CompiledModel, Encoding
 from streamflow_assets.core.features import (
     CATEGORICAL,
-    FEATURES,
     LABEL,
     NUMERIC,
     to_model_frame,
@@ -147,28 +146,42 @@ def train(dataset: pd.DataFrame, params: ModelParams) -> TrainedModel:
 
 
 def to_onnx(pipeline: Pipeline, check_on: pd.DataFrame) -> bytes:
-    """The fitted Pipeline compiled to ONNX, refused unless it predicts `check_on` like sklearn."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+    """The fitted Pipeline compiled to ONNX, refused unless it predicts `check_on` like sklearn.
 
-    inputs = [
-        (f.name, StringTensorType([None, 1]) if f.categorical else FloatTensorType([None, 1]))
-        for f in FEATURES
-    ]
+    The graph holds the trees; the one-hot categories and imputation medians go in its metadata
+    as the `Encoding` that `CompiledModel` applies (see `core/compiled.py`).
+    """
+    from onnx.helper import set_model_props
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    preprocess = pipeline.named_steps["preprocess"]
+    encoder = preprocess.named_transformers_["categorical"]
+    imputer = preprocess.named_transformers_["numeric"]
+    encoding = Encoding(
+        categories={
+            name: [str(level) for level in levels]
+            for name, levels in zip(CATEGORICAL, encoder.categories_, strict=True)
+        },
+        medians={name: float(m) for name, m in zip(NUMERIC, imputer.statistics_, strict=True)},
+    )
+    classifier = pipeline.named_steps["classifier"]
     compiled = convert_sklearn(
-        pipeline,
-        initial_types=inputs,
+        classifier,
+        initial_types=[("features", FloatTensorType([None, encoding.width]))],
         target_opset={"": 17, "ai.onnx.ml": 3},
         # Plain probability tensors instead of a list of dicts per row.
-        options={id(pipeline.named_steps["classifier"]): {"zipmap": False}},
-    ).SerializeToString()
+        options={id(classifier): {"zipmap": False}},
+    )
+    set_model_props(compiled, {ENCODING_KEY: encoding.to_json()})
+    onnx_bytes = compiled.SerializeToString()
     with one_thread():
         expected = pipeline.predict_proba(check_on)[:, 1]
-    actual = CompiledModel(compiled).predict_proba(check_on)
+    actual = CompiledModel(onnx_bytes).predict_proba(check_on)
     worst = float(np.max(np.abs(actual - expected))) if len(expected) else 0.0
     if worst > ONNX_TOLERANCE:
         raise ValueError(f"ONNX model strays {worst:.2e} from scikit-learn (> {ONNX_TOLERANCE})")
-    return compiled
+    return onnx_bytes
 
 
 def _png(figure) -> bytes:
