@@ -40,8 +40,8 @@ from serving.schemas import (
 from serving.state import ServingState
 from streamflow_assets.core.features import model_inputs, model_row
 
-# A body of one user id is under 100 bytes; anything much larger takes FastAPI's own path (and
-# its body-size handling).
+# A body of one user id is under 100 bytes; anything larger, or over `max_body_bytes`, takes
+# FastAPI's own path (and its body-size handling).
 _DIRECT_BODY_LIMIT = 1024
 PREDICT_PATH = "/predict"
 _RESPONSE = TypeAdapter(PredictResponse)
@@ -64,7 +64,12 @@ async def predict_directly(
     state: ServingState | None = getattr(app.state, "serving", None)
     model = state.models.current if state is not None else None
     reader = state.features if state is not None else None
-    if state is None or model is None or reader is None or not _small_json(scope):
+    if (
+        state is None
+        or model is None
+        or reader is None
+        or not _small_json(scope, min(_DIRECT_BODY_LIMIT, state.settings.max_body_bytes))
+    ):
         await declared(scope, receive, send)
         return
     started = time.perf_counter()
@@ -110,7 +115,7 @@ async def predict_directly(
         state.metrics.request_done(PREDICT_PATH, "POST", str(status), time.perf_counter() - started)
 
 
-def _small_json(scope: Scope) -> bool:
+def _small_json(scope: Scope, limit: int) -> bool:
     content_type = length = None
     for name, value in scope["headers"]:
         if name == b"content-type":
@@ -121,7 +126,7 @@ def _small_json(scope: Scope) -> bool:
         content_type == b"application/json"
         and length is not None
         and length.isdigit()
-        and int(length) <= _DIRECT_BODY_LIMIT
+        and int(length) <= limit
     )
 
 

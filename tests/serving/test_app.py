@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -139,18 +140,39 @@ def test_a_64_character_user_id_is_valid_and_unknown(client: TestClient) -> None
     assert response.status_code == 404
 
 
+def answer_as_declared(client: TestClient, body: str) -> httpx.Response:
+    """/predict's answer to `body`, checked to be the declared endpoint's, byte for byte.
+
+    `application/json` takes the direct path ahead of FastAPI's stack, `...; charset=utf-8`
+    FastAPI's declared endpoint.
+    """
+    direct, declared = (
+        client.post("/predict", content=body, headers={"content-type": content_type})
+        for content_type in ("application/json", "application/json; charset=utf-8")
+    )
+    assert direct.status_code == declared.status_code, body
+    assert direct.content == declared.content, body
+    assert direct.headers["content-type"] == declared.headers["content-type"]
+    return direct
+
+
 def test_every_body_of_predict_gets_the_declared_endpoints_answer(client: TestClient) -> None:
-    # `application/json` takes /predict's direct path, `...; charset=utf-8` FastAPI's declared
-    # endpoint: the answers must be the same bytes, and the same errors.
-    for body in (f'{{"user_id": "{KNOWN_USER}"}}', '{"user_id": "0000-NOBODY"}', '{"user_id": 1}'):
-        direct, declared = (
-            client.post("/predict", content=body, headers={"content-type": content_type})
-            for content_type in ("application/json", "application/json; charset=utf-8")
-        )
-        assert direct.status_code == declared.status_code, body
-        assert direct.content == declared.content, body
-        assert direct.headers["content-type"] == declared.headers["content-type"]
+    for body, status in (
+        (f'{{"user_id": "{KNOWN_USER}"}}', 200),
+        ('{"user_id": "0000-NOBODY"}', 404),
+        ('{"user_id": 1}', 422),
+        ('{"user_id": ', 422),
+    ):
+        assert answer_as_declared(client, body).status_code == status, body
     assert client.post("/predict", content=f'{{"user_id": "{KNOWN_USER}"}}').status_code == 422
+
+
+def test_a_small_body_over_a_lower_body_limit_is_413(pipeline_data_dir: Path) -> None:
+    with TestClient(create_app(serving_settings(pipeline_data_dir, max_body_bytes=30))) as client:
+        body, json = f'{{"user_id": "{KNOWN_USER}"}}', {"content-type": "application/json"}
+        assert client.post("/predict", content=body.ljust(30), headers=json).status_code == 200
+        response = client.post("/predict", content=body.ljust(31), headers=json)
+        assert response.status_code == 413, response.text
 
 
 def test_malformed_json_is_422(client: TestClient) -> None:
@@ -282,7 +304,7 @@ def test_stale_features_are_flagged(pipeline_data_dir: Path) -> None:
 def test_stale_features_are_409_in_strict_mode(pipeline_data_dir: Path) -> None:
     settings = serving_settings(pipeline_data_dir, max_feature_age_days=1, strict_freshness=True)
     with TestClient(create_app(settings)) as client:
-        response = client.post("/predict", json={"user_id": KNOWN_USER})
+        response = answer_as_declared(client, f'{{"user_id": "{KNOWN_USER}"}}')
         assert response.status_code == 409
         detail = response.json()["detail"]
         assert detail["user_ids"] == [KNOWN_USER]
@@ -293,7 +315,7 @@ def test_stale_features_are_409_in_strict_mode(pipeline_data_dir: Path) -> None:
         # Unknown users are still 404, not 409: there is nothing to be stale.
         assert client.post("/predict", json={"user_id": "0000-NOBODY"}).status_code == 404
         assert (
-            'streamflow_stale_features_total{action="refused"} 2.0' in client.get("/metrics").text
+            'streamflow_stale_features_total{action="refused"} 3.0' in client.get("/metrics").text
         )
 
 
@@ -357,7 +379,7 @@ def test_a_failing_online_store_is_503_naming_it_and_recovers(data_dir_copy: Pat
         online.commit()
         try:
             for answer in (
-                client.post("/predict", json={"user_id": KNOWN_USER}),
+                answer_as_declared(client, f'{{"user_id": "{KNOWN_USER}"}}'),
                 client.post("/predict/batch", json={"user_ids": [KNOWN_USER]}),
                 client.get(f"/features/{KNOWN_USER}"),
                 client.get("/ready"),
