@@ -60,11 +60,22 @@ class ChurnAPI(FastAPI):
     the generic path's cost, and hands anything it does not answer to the app as declared.
     """
 
+    # What the direct path does itself: it counts the request as `MetricsMiddleware` does, and
+    # takes only bodies within the limit `BodyLimitMiddleware` enforces.
+    DIRECT_PATH_MIDDLEWARE = (BodyLimitMiddleware, MetricsMiddleware)
+
+    @property
+    def predicts_directly(self) -> bool:
+        """False once any other middleware is added (authentication, CORS, tracing): it must
+        see every /predict, which then goes through the stack as declared."""
+        return all(m.cls in self.DIRECT_PATH_MIDDLEWARE for m in self.user_middleware)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] == "http"
             and scope["path"] == predict.PREDICT_PATH
             and scope["method"] == "POST"
+            and self.predicts_directly
         ):
             await predict.predict_directly(self, scope, receive, send, super().__call__)
         else:

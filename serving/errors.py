@@ -82,14 +82,14 @@ async def _body_not_parsed(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status.HTTP_400_BAD_REQUEST, headers=error.headers)
 
 
-async def store_unavailable(request: Request, error: Exception) -> JSONResponse:
+async def _store_unavailable(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(error)}, status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 def add_error_handlers(app: FastAPI) -> None:
     handlers: dict[Any, Any] = {
         status.HTTP_400_BAD_REQUEST: _body_not_parsed,
-        OnlineStoreUnavailable: store_unavailable,
+        OnlineStoreUnavailable: _store_unavailable,
     }
     for key, handler in handlers.items():
         app.add_exception_handler(key, handler)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
-from fastapi.exception_handlers import http_exception_handler
+from fastapi import APIRouter, FastAPI, HTTPException, Request, Response
 from pydantic import TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,7 +19,6 @@ from serving.errors import (
     UNKNOWN_USER,
     batch_too_large,
     stale_features,
-    store_unavailable,
     unknown_user,
 )
 from serving.features import (
@@ -93,10 +91,8 @@ async def predict_directly(
     try:
         try:
             result = _predict_one(state, model, reader, user_id)
-        except HTTPException as error:
-            response = await http_exception_handler(Request(scope), error)
-        except OnlineStoreUnavailable as error:
-            response = await store_unavailable(Request(scope), error)
+        except (HTTPException, OnlineStoreUnavailable) as error:
+            response = await _handler(app, error)(Request(scope), error)
         else:
             content = _RESPONSE.dump_json(result)
             status = 200
@@ -113,6 +109,15 @@ async def predict_directly(
         await response(scope, receive, send)
     finally:
         state.metrics.request_done(PREDICT_PATH, "POST", str(status), time.perf_counter() - started)
+
+
+def _handler(app: FastAPI, error: Exception) -> Callable[[Request, Exception], Awaitable[Response]]:
+    """The app's handler of `error`, looked up as Starlette does: by status code, then by class."""
+    handlers = app.exception_handlers
+    status = getattr(error, "status_code", None)
+    if status in handlers:
+        return handlers[status]
+    return next(handlers[cls] for cls in type(error).__mro__ if cls in handlers)
 
 
 def _small_json(scope: Scope, limit: int) -> bool:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from fastapi import Request, Response
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
@@ -165,6 +166,24 @@ def test_every_body_of_predict_gets_the_declared_endpoints_answer(client: TestCl
     ):
         assert answer_as_declared(client, body).status_code == status, body
     assert client.post("/predict", content=f'{{"user_id": "{KNOWN_USER}"}}').status_code == 422
+
+
+def test_a_middleware_added_to_the_app_sees_every_predict(pipeline_data_dir: Path) -> None:
+    """Authentication, CORS or tracing added to the app must not be skipped by the direct path."""
+    app = create_app(serving_settings(pipeline_data_dir))
+    assert app.predicts_directly
+
+    @app.middleware("http")
+    async def stamp(request: Request, call_next: Callable) -> Response:
+        response = await call_next(request)
+        response.headers["x-seen-by"] = "stamp"
+        return response
+
+    assert not app.predicts_directly
+    with TestClient(app) as client:
+        response = client.post("/predict", json={"user_id": KNOWN_USER})
+    assert response.status_code == 200
+    assert response.headers["x-seen-by"] == "stamp"
 
 
 def test_a_small_body_over_a_lower_body_limit_is_413(pipeline_data_dir: Path) -> None:
