@@ -13,6 +13,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import onnxruntime
@@ -42,16 +43,24 @@ class Encoding:
                 f"encoding of {[*self.categories, *self.medians]}; the model's features are "
                 f"{CATEGORICAL + NUMERIC}"
             )
-        # The arrays the per-call work broadcasts against, built once.
-        levels = [np.array(self.categories[name], dtype=object) for name in CATEGORICAL]
-        object.__setattr__(self, "_levels", levels)
-        object.__setattr__(self, "_medians", np.array(list(self.medians.values())))
-        columns = [(name, level) for name in CATEGORICAL for level in self.categories[name]]
-        object.__setattr__(self, "_one_hot_column", {key: j for j, key in enumerate(columns)})
 
     @property
     def width(self) -> int:
         return sum(len(levels) for levels in self.categories.values()) + len(self.medians)
+
+    # What the per-call work looks up or broadcasts against, built once.
+    @cached_property
+    def _levels(self) -> list[np.ndarray]:
+        return [np.array(self.categories[name], dtype=object) for name in CATEGORICAL]
+
+    @cached_property
+    def _medians(self) -> np.ndarray:
+        return np.array(list(self.medians.values()))
+
+    @cached_property
+    def _one_hot_column(self) -> dict[tuple[str, str], int]:
+        columns = [(name, level) for name in CATEGORICAL for level in self.categories[name]]
+        return {key: j for j, key in enumerate(columns)}
 
     def matrix(self, columns: Mapping[str, np.ndarray]) -> np.ndarray:
         """The (n, width) float32 input of the trees for n rows of model-input columns."""
@@ -65,7 +74,7 @@ class Encoding:
 
     def vector(self, row: Mapping[str, ModelInput]) -> list[float]:
         """`matrix` of one `features.model_row`, in plain Python (the same numbers)."""
-        vector = [0.0] * (self.width - len(self.medians))
+        vector = [0.0] * len(self._one_hot_column)
         for name in CATEGORICAL:
             column = self._one_hot_column.get((name, row[name]))
             if column is not None:
