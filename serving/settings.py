@@ -48,6 +48,9 @@ class ServingSettings(Settings):
     serve_limit_concurrency: int = Field(default=2048, ge=1)
     serve_backlog: int = Field(default=2048, ge=1)
     serve_timeout_keep_alive_seconds: int = Field(default=5, ge=1)
+    # The page cache of the SQLite online store's connection (local profile): it holds the
+    # indexes' upper levels and recently read users; 0 keeps SQLite's 2 MiB.
+    serve_sqlite_cache_mib: int = Field(default=16, ge=0)
     # Off by default: the metrics count every request, and a log line per request costs about
     # as much as a prediction.
     serve_access_log: bool = False

@@ -43,7 +43,9 @@ class ServingState:
 
     def open_features(self) -> None:
         try:
-            reader = OnlineFeatureReader(open_store(self.settings))
+            reader = OnlineFeatureReader(
+                open_store(self.settings), sqlite_cache_mib=self.settings.serve_sqlite_cache_mib
+            )
             reader.read([_PROBE_USER])
         # Whatever keeps the store from opening (no registry yet, no online tables, a bad yaml)
         # must not keep the API from starting: /ready reports it and the next poll retries.

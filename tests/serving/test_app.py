@@ -186,6 +186,18 @@ def test_a_middleware_added_to_the_app_sees_every_predict(pipeline_data_dir: Pat
     assert response.headers["x-seen-by"] == "stamp"
 
 
+@pytest.mark.parametrize(("mib", "pragma"), [(16, -16 * 1024), (0, -2000)])
+def test_the_online_stores_page_cache_is_the_setting(
+    pipeline_data_dir: Path, mib: int, pragma: int
+) -> None:
+    settings = serving_settings(pipeline_data_dir, serve_sqlite_cache_mib=mib)
+    with TestClient(create_app(settings)) as client:
+        reader = client.app.state.serving.features
+        connection = reader._online._get_conn(reader._config)
+        assert connection.execute("PRAGMA cache_size").fetchone() == (pragma,)
+        assert client.post("/predict", json={"user_id": KNOWN_USER}).status_code == 200
+
+
 def test_a_small_body_over_a_lower_body_limit_is_413(pipeline_data_dir: Path) -> None:
     with TestClient(create_app(serving_settings(pipeline_data_dir, max_body_bytes=30))) as client:
         body, json = f'{{"user_id": "{KNOWN_USER}"}}', {"content-type": "application/json"}
