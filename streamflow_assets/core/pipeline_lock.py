@@ -14,9 +14,11 @@ import dataclasses
 import fcntl
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import IO
 
 import psycopg
 from psycopg import conninfo
@@ -83,6 +85,18 @@ class PipelineBusy(RuntimeError):
         super().__init__(f"another streamflow pipeline is running over {where} ({who}); refused")
 
 
+def _published_holder(handle: IO[str], wait_seconds: float = 1.0) -> Holder | None:
+    """The holder the lock file names. A holder writes itself in just after taking the lock (and
+    rewrites itself on each run): a refusal in between waits for the record, briefly."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        handle.seek(0)
+        holder = Holder.decode(handle.read())
+        if holder is not None or time.monotonic() > deadline:
+            return holder
+        time.sleep(0.01)
+
+
 @contextlib.contextmanager
 def _file_lock(path: os.PathLike[str] | str, me: Holder) -> Iterator[PipelineLock]:
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -90,8 +104,7 @@ def _file_lock(path: os.PathLike[str] | str, me: Holder) -> Iterator[PipelineLoc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            raise PipelineBusy(f"the data dir ({path})", Holder.decode(handle.read())) from None
+            raise PipelineBusy(f"the data dir ({path})", _published_holder(handle)) from None
 
         def publish(holder: Holder) -> None:
             handle.seek(0)

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from streamflow_assets.core.pipeline_lock import PipelineBusy, pipeline_lock
+from streamflow_assets.core.pipeline_lock import Holder, PipelineBusy, pipeline_lock
 from streamflow_assets.core.settings import Settings
 from tests.conftest import child_env
 from tests.profiles import PROFILES, throwaway_databases
@@ -49,6 +51,23 @@ def test_a_second_holder_is_refused_naming_the_first_and_its_run(lock_settings: 
         assert f"(pid {os.getpid()}, run 1a2b3c4d of 2024-02, on " in str(refused.value)
     with pipeline_lock(lock_settings):
         pass  # released on exit
+
+
+def test_a_refusal_while_the_holder_writes_itself_in_still_names_it(tmp_path: Path) -> None:
+    """Two pipelines started at once: the second may find the lock taken and its file empty."""
+    path = tmp_path / "data" / "pipeline.lock"
+    path.parent.mkdir()
+    settings = Settings(data_dir=tmp_path / "data")
+    with open(path, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        holder = Holder(4242, "elsewhere", "20240229T000000Z")
+        # The holder writes itself in a moment after the refused one looked.
+        writer = threading.Timer(0.2, lambda: (held.write(holder.encode()), held.flush()))
+        writer.start()
+        with pytest.raises(PipelineBusy) as refused, pipeline_lock(settings):
+            pass
+        writer.join()
+    assert refused.value.holder == holder
 
 
 def test_a_holder_killed_with_sigkill_leaves_no_stale_lock(lock_settings: Settings) -> None:
