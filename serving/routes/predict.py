@@ -122,10 +122,11 @@ def _handler(app: FastAPI, error: Exception) -> Callable[[Request, Exception], A
 
 def _small_json(scope: Scope, limit: int) -> bool:
     content_type = length = None
+    # The first of repeated headers, as Starlette's `Headers.get` reads them.
     for name, value in scope["headers"]:
-        if name == b"content-type":
+        if name == b"content-type" and content_type is None:
             content_type = value
-        elif name == b"content-length":
+        elif name == b"content-length" and length is None:
             length = value
     return (
         content_type == b"application/json"

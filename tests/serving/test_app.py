@@ -166,6 +166,10 @@ def test_every_body_of_predict_gets_the_declared_endpoints_answer(client: TestCl
     ):
         assert answer_as_declared(client, body).status_code == status, body
     assert client.post("/predict", content=f'{{"user_id": "{KNOWN_USER}"}}').status_code == 422
+    # Repeated headers: the first counts on either path.
+    repeated = [("content-type", "text/plain"), ("content-type", "application/json")]
+    body = f'{{"user_id": "{KNOWN_USER}"}}'
+    assert client.post("/predict", content=body, headers=repeated).status_code == 422
 
 
 def test_a_middleware_added_to_the_app_sees_every_predict(pipeline_data_dir: Path) -> None:
