@@ -6,10 +6,12 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType, StringTensorType
 
 from streamflow_assets.core.compiled import ENCODING_KEY, CompiledModel, Encoding
 from streamflow_assets.core.features import FEATURES, LABEL, model_inputs, model_row
-from streamflow_assets.core.training import ModelParams, to_onnx, train
+from streamflow_assets.core.training import ModelParams, TrainedModel, to_onnx, train
 
 ROWS = 600
 
@@ -32,12 +34,15 @@ def raw_features(rows: int, seed: int) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def onnx_bytes() -> bytes:
-    raw = raw_features(ROWS, seed=1)
-    dataset = pd.DataFrame(raw)
+def trained() -> TrainedModel:
+    dataset = pd.DataFrame(raw_features(ROWS, seed=1))
     fee = dataset["monthly_fee"].fillna(50)
     dataset[LABEL] = (fee + 30 * (dataset["net_service"] == "Fiber optic") > 75).astype(int)
-    trained = train(dataset, ModelParams(max_iter=20))
+    return train(dataset, ModelParams(max_iter=20))
+
+
+@pytest.fixture(scope="module")
+def onnx_bytes(trained: TrainedModel) -> bytes:
     return to_onnx(trained.pipeline, trained.split.x_val)
 
 
@@ -61,10 +66,36 @@ def test_the_encoding_is_the_pipelines(onnx_bytes: bytes) -> None:
     assert encoding.width == 4 + 3 * 3 + 10
 
 
-def test_a_model_compiled_without_its_encoding_is_refused_naming_it(onnx_bytes: bytes) -> None:
+def test_a_version_compiled_before_the_encoding_still_serves(
+    trained: TrainedModel, onnx_bytes: bytes
+) -> None:
+    """Registries hold versions whose graph is the whole Pipeline over fourteen named inputs."""
+    inputs = [
+        (f.name, StringTensorType([None, 1]) if f.categorical else FloatTensorType([None, 1]))
+        for f in FEATURES
+    ]
+    classifier = trained.pipeline.named_steps["classifier"]
+    older = convert_sklearn(
+        trained.pipeline,
+        initial_types=inputs,
+        target_opset={"": 17, "ai.onnx.ml": 3},
+        options={id(classifier): {"zipmap": False}},
+    )
+    legacy, current = CompiledModel(older.SerializeToString()), CompiledModel(onnx_bytes)
+    assert legacy.encoding is None
+    raw = raw_features(50, seed=3)
+    columns = model_inputs(raw)
+    np.testing.assert_allclose(
+        legacy.predict_proba(columns), current.predict_proba(columns), atol=1e-6
+    )
+    row = model_row({name: values[0] for name, values in raw.items()})
+    assert legacy.predict_proba_row(row) == pytest.approx(current.predict_proba_row(row), abs=1e-6)
+
+
+def test_a_graph_of_one_tensor_without_its_encoding_is_refused_naming_it(onnx_bytes: bytes) -> None:
     model = onnx.load_from_string(onnx_bytes)
     del model.metadata_props[:]
-    with pytest.raises(ValueError, match=f"no '{ENCODING_KEY}'.*train the month again"):
+    with pytest.raises(ValueError, match=f"takes \\['features'\\]: neither.*'{ENCODING_KEY}'"):
         CompiledModel(model.SerializeToString())
 
 
