@@ -41,6 +41,12 @@ class Settings(BaseSettings):
     drift_share: float = Field(default=0.5, gt=0, le=1)
     decay_max_auc_drop: float = 0.05
     retrain_max_age_months: int = Field(default=3, ge=0)
+    # What a step holds of a month at once: the fit's stratified sample of at most
+    # `train_max_rows` training rows (AUC stops improving well below it: bench/reports/
+    # train_cap.md), and `chunk_rows` rows read and scored at a time by the held-out comparison,
+    # batch scoring and monitoring.
+    train_max_rows: int = Field(default=2_000_000, ge=1_000)
+    chunk_rows: int = Field(default=200_000, ge=1_000)
     # The `postgres` profile: snapshot and training tables and Feast's offline store, online
     # store and registry in one database; MLflow is a tracking server (with its own database).
     postgres_host: str = "127.0.0.1"
