@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,10 @@ import pyarrow.parquet as pq
 from psycopg import sql
 
 AS_OF = "as_of"
+JOIN_KEY = "user_id"
+# DuckDB's share of a join (it spills the rest to a temporary directory): one thread, as every
+# step runs (`training.one_thread`), and a bound that does not grow with the month.
+_DUCKDB_BOUNDS = {"threads": 1, "memory_limit": "1GB", "preserve_insertion_order": True}
 # A month's tables: a mapping, or (table, rows) pairs that the store takes one at a time.
 Frames = Mapping[str, pd.DataFrame] | Iterable[tuple[str, pd.DataFrame]]
 
@@ -39,11 +44,47 @@ class SnapshotStore(Protocol):
     def read(self, table: str, as_of: datetime) -> pd.DataFrame:
         """One table's rows for one as_of; KeyError when that partition was never written."""
 
+    def read_batches(
+        self, table: str, as_of: datetime, rows: int, columns: Sequence[str] | None = None
+    ) -> Iterator[pd.DataFrame]:
+        """`read`'s rows (of `columns`, or all), in its order and dtypes, `rows` at a time."""
+
+    def join_batches(
+        self,
+        tables: Mapping[str, Sequence[str]],
+        as_of: datetime,
+        rows: int,
+        require: str | None = None,
+    ) -> Iterator[pd.DataFrame]:
+        """user_id and the given columns of one as_of of several tables, joined on user_id (every
+        user of any table, or only those of table `require`), in user_id order, `rows` at a time.
+        The engine joins, spilling to disk if it must: the month is never held whole."""
+
     def as_ofs(self, table: str) -> list[datetime]:
         """Every as_of stored for a table, oldest first."""
 
     def row_count(self, table: str, as_of: datetime) -> int | None:
         """Rows of one partition without reading it; None when it was never written."""
+
+
+def _join_sql(
+    sources: Mapping[str, str], tables: Mapping[str, Sequence[str]], require: str | None
+) -> str:
+    """The join of `join_batches`; `sources[table]` is a subquery of its rows of the month.
+    Names are the store's own table and column constants, never user input."""
+    outer = [table for table in tables if table != require]
+    joins = [f"({sources[outer[0]]}) AS t0"] + [
+        f"FULL JOIN ({sources[table]}) AS t{i} USING ({JOIN_KEY})"
+        for i, table in enumerate(outer[1:], start=1)
+    ]
+    if require is not None:
+        joins.append(f"JOIN ({sources[require]}) AS required USING ({JOIN_KEY})")
+    columns = ", ".join([JOIN_KEY, *(c for names in tables.values() for c in names)])
+    return f"SELECT {columns} FROM {' '.join(joins)} ORDER BY {JOIN_KEY}"
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def with_as_of(df: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
@@ -120,6 +161,41 @@ class ParquetSnapshotStore:
         if not path.is_file():
             raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d} (no {path})")
         return pq.read_table(path).to_pandas()
+
+    def read_batches(
+        self, table: str, as_of: datetime, rows: int, columns: Sequence[str] | None = None
+    ) -> Iterator[pd.DataFrame]:
+        path = self._existing(table, as_of)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows, columns=columns):
+            yield batch.to_pandas()
+
+    def join_batches(
+        self,
+        tables: Mapping[str, Sequence[str]],
+        as_of: datetime,
+        rows: int,
+        require: str | None = None,
+    ) -> Iterator[pd.DataFrame]:
+        import duckdb
+
+        sources = {
+            table: f"SELECT {', '.join([JOIN_KEY, *columns])} FROM read_parquet({path})"
+            for table, columns in tables.items()
+            for path in [_sql_text(str(self._existing(table, as_of)))]
+        }
+        with (
+            tempfile.TemporaryDirectory(prefix="streamflow-join-") as spill,
+            duckdb.connect(config=_DUCKDB_BOUNDS | {"temp_directory": spill}) as db,
+        ):
+            reader = db.sql(_join_sql(sources, tables, require)).to_arrow_reader(rows)
+            for batch in reader:
+                yield batch.to_pandas()
+
+    def _existing(self, table: str, as_of: datetime) -> Path:
+        path = self.path(table, as_of)
+        if not path.is_file():
+            raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d} (no {path})")
+        return path
 
     def row_count(self, table: str, as_of: datetime) -> int | None:
         path = self.path(table, as_of)
@@ -222,6 +298,80 @@ class PostgresSnapshotStore:
         if raw.empty:
             raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d}")
         return pd.DataFrame({name: _typed(raw[name], kind, null) for name, kind, null in columns})
+
+    def read_batches(
+        self, table: str, as_of: datetime, rows: int, columns: Sequence[str] | None = None
+    ) -> Iterator[pd.DataFrame]:
+        with self._connect() as conn:
+            kinds = {name: (kind, null) for name, kind, null in self._columns(conn, table)}
+        if not kinds:
+            raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d}")
+        names = list(columns) if columns is not None else list(kinds)
+        query = sql.SQL("SELECT {} FROM {} WHERE as_of = {} ORDER BY user_id").format(
+            sql.SQL(", ").join(map(sql.Identifier, names)),
+            sql.Identifier(table),
+            sql.Literal(as_of),
+        )
+        yield from self._copy_batches(query, {name: kinds[name] for name in names}, rows)
+
+    def join_batches(
+        self,
+        tables: Mapping[str, Sequence[str]],
+        as_of: datetime,
+        rows: int,
+        require: str | None = None,
+    ) -> Iterator[pd.DataFrame]:
+        kinds: dict[str, tuple[str, bool]] = {}
+        with self._connect() as conn:
+            for table, columns in tables.items():
+                found = {name: (kind, null) for name, kind, null in self._columns(conn, table)}
+                if not found:
+                    raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d}")
+                kinds.setdefault(JOIN_KEY, found[JOIN_KEY])
+                # An outer join leaves a user's columns empty where a table lacks them.
+                kinds |= {name: (found[name][0], True) for name in columns}
+        when = sql.Literal(as_of).as_string()
+        sources = {
+            table: f"SELECT {', '.join([JOIN_KEY, *columns])} FROM {table} WHERE as_of = {when}"
+            for table, columns in tables.items()
+        }
+        yield from self._copy_batches(sql.SQL(_join_sql(sources, tables, require)), kinds, rows)
+
+    def _copy_batches(
+        self, query: sql.Composable, kinds: Mapping[str, tuple[str, bool]], rows: int
+    ) -> Iterator[pd.DataFrame]:
+        """A query's rows streamed by COPY as CSV and typed as `read` types them, `rows` at a
+        time. Records are cut at newlines: no stored text holds one (categories, dates)."""
+        names = list(kinds)
+        copy_sql = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(query)
+        pending, lines = bytearray(), 0
+        with self._connect() as conn, conn.cursor().copy(copy_sql) as copy:
+            for block in copy:
+                data = bytes(block)
+                pending += data
+                lines += data.count(b"\n")
+                if lines >= rows:
+                    cut = pending.rindex(b"\n") + 1
+                    yield self._typed_csv(bytes(pending[:cut]), names, kinds)
+                    del pending[:cut]
+                    lines = 0
+        if pending:
+            yield self._typed_csv(bytes(pending), names, kinds)
+
+    @staticmethod
+    def _typed_csv(
+        text: bytes, names: list[str], kinds: Mapping[str, tuple[str, bool]]
+    ) -> pd.DataFrame:
+        raw = pd.read_csv(
+            io.BytesIO(text),
+            header=None,
+            names=names,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            float_precision="round_trip",
+        )
+        return pd.DataFrame({name: _typed(raw[name], *kinds[name]) for name in names})
 
     def as_ofs(self, table: str) -> list[datetime]:
         with self._connect() as conn:
