@@ -4,6 +4,7 @@ from dagster import ConfigurableResource, EnvVar
 
 from streamflow_assets.core.settings import Settings
 from streamflow_assets.resources.features import FeatureStoreResource
+from streamflow_assets.resources.limits import LimitsResource
 from streamflow_assets.resources.mlflow import MlflowTracking, ModelRegistryResource
 from streamflow_assets.resources.monitoring import (
     AlertSinkResource,
@@ -25,6 +26,7 @@ __all__ = [
     "DriftResource",
     "FeatureStoreResource",
     "FreshnessResource",
+    "LimitsResource",
     "MlflowTracking",
     "ModelRegistryResource",
     "SeedsResource",
@@ -72,6 +74,9 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         # Runs execute their steps in one process, except on the cluster profile's workers.
         "drift": DriftResource(in_worker=settings.profile != "cluster"),
         "alerts": _alert_sink(settings),
+        "limits": LimitsResource(
+            train_max_rows=settings.train_max_rows, chunk_rows=settings.chunk_rows
+        ),
     }
 
 
