@@ -72,22 +72,26 @@ TEN_MILLION_TREE_MAX = 8 * GB
 STEP_READER = """
 import json
 from dagster import DagsterEventType as T, DagsterInstance
-kinds = {T.STEP_START, T.STEP_SUCCESS, T.STEP_FAILURE, T.ASSET_CHECK_EVALUATION}
+kinds = {T.STEP_START, T.STEP_SUCCESS, T.STEP_FAILURE, T.ASSET_MATERIALIZATION,
+         T.ASSET_CHECK_EVALUATION}
 runs = []
 with DagsterInstance.get() as instance:
     for record in sorted(instance.get_run_records(), key=lambda r: r.create_timestamp):
         run, steps, checks = record.dagster_run, {}, {"passed": 0, "failed": []}
         for entry in instance.all_logs(run.run_id, of_type=kinds):
             event = entry.dagster_event
+            step = steps.setdefault(
+                event.step_key, {"start": None, "end": None, "ok": False, "assets": 0}
+            )
             if event.event_type == T.ASSET_CHECK_EVALUATION:
                 data = event.event_specific_data
                 if data.passed:
                     checks["passed"] += 1
                 else:
                     checks["failed"].append(data.check_name)
-                continue
-            step = steps.setdefault(event.step_key, {"start": None, "end": None, "ok": False})
-            if event.event_type == T.STEP_START:
+            elif event.event_type == T.ASSET_MATERIALIZATION:
+                step["assets"] += 1
+            elif event.event_type == T.STEP_START:
                 step.update(start=entry.timestamp, pid=event.pid)
             else:
                 step.update(end=entry.timestamp, ok=event.event_type == T.STEP_SUCCESS)
@@ -97,19 +101,8 @@ with DagsterInstance.get() as instance:
 print(json.dumps(runs))
 """
 
-# The assets a reader looks for first; every other step key is a check (summed on one line).
-ASSETS = [
-    "monthly_snapshots",
-    "feature_registry",
-    "online_features",
-    "training_dataset",
-    "churn_model",
-    "production_model",
-    "batch_scores",
-    "feature_drift",
-    "model_performance",
-]
-CHECKS = "checks (every other step)"
+# Steps that materialize no asset (the checks that run apart from their asset) share one line.
+CHECKS = "checks in steps of their own"
 
 
 @dataclass
@@ -118,6 +111,8 @@ class Step:
     seconds: float
     peak_rss: int  # the process that ran it and its children, over the step's window
     ok: bool
+    start: float = 0.0
+    materializes: bool = True
 
 
 @dataclass
@@ -230,7 +225,9 @@ def native_stack(env: dict[str, str], data_dir: Path, sampler: RssSampler, timeo
 
 
 @contextlib.contextmanager
-def profile_env(profile: str, data_dir: Path, seeds: Path, sampler: RssSampler):
+def profile_env(
+    profile: str, data_dir: Path, seeds: Path, sampler: RssSampler, stack_timeout: float
+):
     """The run's environment under `profile`, with its throwaway databases, vhost, Redis db."""
     env = _clean_env() | {
         "STREAMFLOW_PROFILE": profile,
@@ -248,11 +245,18 @@ def profile_env(profile: str, data_dir: Path, seeds: Path, sampler: RssSampler):
                 "STREAMFLOW_POSTGRES_DB": data,
                 "STREAMFLOW_STACK_MLFLOW_DB": tracking,
                 "STREAMFLOW_STACK_DAGSTER_DB": instance,
-                # The run reads the instance file's DAGSTER_POSTGRES_* as the stack does.
+                # The instance file's DAGSTER_POSTGRES_*, for the stack, the run and the bench.
+                "DAGSTER_POSTGRES_HOST": POSTGRES["host"],
+                "DAGSTER_POSTGRES_PORT": str(POSTGRES["port"]),
+                "DAGSTER_POSTGRES_USER": POSTGRES["user"],
+                "DAGSTER_POSTGRES_PASSWORD": "",
                 "DAGSTER_POSTGRES_DB": instance,
                 "STREAMFLOW_STACK_MLFLOW_PORT": str(mlflow_port),
                 "STREAMFLOW_MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
                 "STREAMFLOW_STACK_DAGSTER_PORT": str(free_port()),
+                "STREAMFLOW_STACK_CODE_SERVER_PORT": str(free_port()),
+                # Minutes, on a two-core machine that other work may keep busy.
+                "STREAMFLOW_STACK_START_TIMEOUT_SECONDS": str(stack_timeout),
                 "STREAMFLOW_STACK_API_PORT": str(free_port()),
                 # The seeds location reaches the workers through their environment, as `make
                 # stack` users set it; the run carrying it by itself is issue 21's item 7.
@@ -321,12 +325,14 @@ def run_profile(
     sampler.start()
     try:
         with (
-            profile_env(profile, data_dir, seeds, sampler) as (env, databases),
+            profile_env(profile, data_dir, seeds, sampler, args.stack_timeout) as (env, databases),
             contextlib.ExitStack() as servers,
         ):
             if profile != "local":
                 began = time.time()
-                servers.enter_context(native_stack(env, data_dir, sampler, args.stack_timeout))
+                servers.enter_context(
+                    native_stack(env, data_dir, sampler, args.stack_timeout + 120)
+                )
                 result.stack_up_s = time.time() - began
                 idle_start = time.time()
                 time.sleep(args.idle_seconds)
@@ -346,9 +352,9 @@ def run_profile(
                     name: (idle_shared.get(name, 0), peak)
                     for name, peak in _shared(sampler, start, end).items()
                 }
-            _step_figures(result, sampler, _read_steps(env))
-            result.disk_bytes = _disk_bytes(data_dir, databases[0] if databases else None)
             result.load = sampler.load_range(start, end)
+            result.disk_bytes = _disk_bytes(data_dir, databases[0] if databases else None)
+            _step_figures(result, sampler, _read_steps(env))
     except (StackError, RuntimeError, subprocess.SubprocessError) as error:
         result.error = str(error)
     finally:
@@ -420,14 +426,16 @@ def _step_figures(result: ProfileResult, sampler: RssSampler, runs: list[dict]) 
         if run["start"] and run["end"]:
             result.month_seconds[run["partition"]] = run["end"] - run["start"]
         for key, step in run["steps"].items():
+            materializes = step["assets"] > 0
             if step["start"] is None or step["end"] is None:
-                result.steps.append(Step(key, 0.0, 0, False))
+                result.steps.append(Step(key, 0.0, 0, False, materializes=materializes))
                 continue
             pid = step.get("pid")
             if pid not in subtrees:
                 subtrees[pid] = sampler.subtree(pid) if pid else set()
             peak = sampler.peak(step["start"], step["end"], pids=subtrees[pid])
-            result.steps.append(Step(key, step["end"] - step["start"], peak, step["ok"]))
+            seconds = step["end"] - step["start"]
+            result.steps.append(Step(key, seconds, peak, step["ok"], step["start"], materializes))
 
 
 def _mb(n: float) -> str:
@@ -445,9 +453,10 @@ def _machine() -> str:
 
 
 def _asset_rows(result: ProfileResult) -> dict[str, tuple[float, int]]:
+    """Seconds and peak RSS by asset step (in the order the steps started), checks together."""
     rows: dict[str, tuple[float, int]] = {}
-    for step in result.steps:
-        name = step.key if step.key in ASSETS else CHECKS
+    for step in sorted(result.steps, key=lambda s: (not s.materializes, s.start)):
+        name = step.key if step.materializes else CHECKS
         seconds, peak = rows.get(name, (0.0, 0))
         rows[name] = (seconds + step.seconds, max(peak, step.peak_rss))
     return rows
@@ -594,7 +603,7 @@ def report(
             "|---|" + "---:|" * len(rows),
         ]
         asset_rows = [_asset_rows(r) for r in rows]
-        for name in [*ASSETS, CHECKS]:
+        for name in dict.fromkeys(name for a in asset_rows for name in a):
             cells = [
                 f"{a[name][0]:.1f} / {_mb(a[name][1])}" if name in a else "–" for a in asset_rows
             ]
