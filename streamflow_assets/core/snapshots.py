@@ -11,12 +11,12 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
 import pandas as pd
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 from psycopg import sql
+from pyarrow import csv
 
 AS_OF = "as_of"
 JOIN_KEY = "user_id"
@@ -209,27 +209,126 @@ class ParquetSnapshotStore:
         return [datetime.fromisoformat(day).replace(tzinfo=UTC) for day in days]
 
 
-def _sql_type(series: pd.Series) -> str:
-    """The Postgres column for a stored pandas column; NOT NULL where pandas cannot hold a null."""
+# Rows per COPY chunk: a write holds one chunk's CSV text beside the frame, never the table's.
+COPY_CHUNK_ROWS = 50_000
+_KEY = (JOIN_KEY, AS_OF)
+
+
+def _column_spec(series: pd.Series) -> tuple[str, bool]:
+    """The Postgres type of a stored pandas column (as information_schema names it), and whether
+    it admits NULL (not where pandas cannot hold one)."""
     dtype = str(series.dtype)
-    if dtype == "bool":
-        return "boolean NOT NULL"
-    if dtype == "boolean":
-        return "boolean"
-    if dtype == "int64":
-        return "bigint NOT NULL"
-    if dtype == "Int64":
-        return "bigint"
+    if dtype in ("bool", "boolean"):
+        return "boolean", dtype == "boolean"
+    if dtype in ("int64", "Int64"):
+        return "bigint", dtype == "Int64"
     if dtype == "float64":
-        return "double precision"
+        return "double precision", True
     if dtype.startswith("datetime64") and "UTC" in dtype:
-        return "timestamptz NOT NULL"
+        return "timestamp with time zone", False
     sample = series.dropna().head(1).tolist()
     if sample and isinstance(sample[0], date):
-        return "date"
+        return "date", True
     if dtype == "object":
-        return "text"
+        return "text", True
     raise TypeError(f"no Postgres type for column {series.name!r} of dtype {dtype}")
+
+
+def _stored_columns(rows: pd.DataFrame, as_of: datetime) -> list[tuple[str, str, bool]]:
+    """(name, type, nullable) of each column of the stored form of `rows`, in order; the key
+    columns NOT NULL, as their primary key makes them."""
+    layout = with_as_of(rows.iloc[:0], as_of)
+    specs = [(c, *_column_spec(rows[c] if c in rows else layout[c])) for c in layout.columns]
+    return [(name, kind, nullable and name not in _KEY) for name, kind, nullable in specs]
+
+
+def _schema_difference(table: str, found: list, wanted: list) -> str | None:
+    """Why an existing table cannot store the rows as they are, or None when it can."""
+    if found == wanted:
+        return None
+
+    def shown(columns: list) -> str:
+        return ", ".join(f"{n} {k}{'' if null else ' NOT NULL'}" for n, k, null in columns)
+
+    return (
+        f"table {table} has columns ({shown(found)}) but the rows to store need "
+        f"({shown(wanted)}); they would not read back as written: drop or migrate the table"
+    )
+
+
+class _CopyStream(io.RawIOBase):
+    """The rows of a COPY TO STDOUT as a readable file, pulled by the parser as it goes."""
+
+    def __init__(self, copy: psycopg.Copy):
+        self._blocks = iter(copy)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def at_end(self) -> bool:
+        """Whether the COPY sent nothing (more)."""
+        if not self._pending:
+            self._pending = memoryview(next(self._blocks, b""))
+        return not self._pending
+
+    def readinto(self, buffer) -> int:
+        target = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(target):
+            if not self._pending:
+                block = next(self._blocks, None)
+                if block is None:
+                    break
+                self._pending = memoryview(block)
+            n = min(len(target) - filled, len(self._pending))
+            target[filled : filled + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            filled += n
+        return filled
+
+
+# How COPY's CSV of each Postgres type is parsed (other types are read as text).
+_ARROW_TYPES = {
+    "boolean": pa.bool_(),
+    "bigint": pa.int64(),
+    "double precision": pa.float64(),
+    "timestamp with time zone": pa.timestamp("us", tz="UTC"),
+    "date": pa.date32(),
+    "text": pa.string(),
+}
+_NULLABLE_DTYPES = {pa.bool_(): pd.BooleanDtype(), pa.int64(): pd.Int64Dtype()}
+
+
+def _parse_csv(source: io.RawIOBase | io.BytesIO, columns: Sequence[tuple[str, str, bool]]):
+    """COPY's CSV (no header) of `columns` (name, Postgres type, nullable), parsed by pyarrow as
+    it reads, in the dtypes the parquet store gives: never the whole text as Python strings.
+    Timestamps carry their offset (the session's time zone) and are read as UTC."""
+    names = [name for name, _, _ in columns]
+    parsed = csv.read_csv(
+        source,
+        read_options=csv.ReadOptions(column_names=names),
+        convert_options=csv.ConvertOptions(
+            column_types={name: _ARROW_TYPES.get(kind, pa.string()) for name, kind, _ in columns},
+            true_values=["t"],
+            false_values=["f"],
+            # Postgres writes a NULL unquoted and an empty text quoted: each reads back as it was.
+            null_values=[""],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+    return pd.DataFrame(
+        {name: _typed(parsed.column(name), nullable) for name, _, nullable in columns},
+        columns=names,
+    )
+
+
+def _typed(column: pa.ChunkedArray, nullable: bool) -> pd.Series:
+    """A parsed column in the pandas dtype the parquet store would have given it."""
+    if nullable and column.type in _NULLABLE_DTYPES:
+        return column.to_pandas(types_mapper=_NULLABLE_DTYPES.get)
+    return column.to_pandas()
 
 
 class PostgresSnapshotStore:
@@ -237,7 +336,8 @@ class PostgresSnapshotStore:
 
     A month is replaced in one transaction (delete its rows, copy the new ones), under a
     per-table advisory lock so that parallel backfills neither race to create a table nor
-    interleave their writes.
+    interleave their writes. Rows travel as CSV in bounded chunks both ways: neither a write nor
+    a read holds a table's whole text.
     """
 
     def __init__(self, dsn: str):
@@ -249,25 +349,39 @@ class PostgresSnapshotStore:
     def write_month(self, as_of: datetime, frames: Frames) -> None:
         with self._connect() as conn, conn.transaction():
             for table, rows in _pairs(frames):
-                df = with_as_of(rows, as_of)
-                name = sql.Identifier(table)
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
-                columns = sql.SQL(", ").join(
-                    sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_sql_type(df[c])))
-                    for c in df.columns
-                )
-                conn.execute(
-                    sql.SQL(
-                        "CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY (user_id, as_of))"
-                    ).format(name, columns)
-                )
-                conn.execute(sql.SQL("DELETE FROM {} WHERE as_of = %s").format(name), (as_of,))
-                copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv)").format(
-                    name, sql.SQL(", ").join(map(sql.Identifier, df.columns))
-                )
-                with conn.cursor().copy(copy_sql) as copy:
-                    # repr-exact floats; empty (unquoted) fields are NULLs.
-                    copy.write(df.to_csv(index=False, header=False))
+                self._replace(conn, table, as_of, rows)
+
+    def _replace(
+        self, conn: psycopg.Connection, table: str, as_of: datetime, rows: pd.DataFrame
+    ) -> None:
+        name = sql.Identifier(table)
+        columns = _stored_columns(rows, as_of)
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
+        definitions = sql.SQL(", ").join(
+            sql.SQL("{} {}").format(
+                sql.Identifier(column), sql.SQL(kind if nullable else f"{kind} NOT NULL")
+            )
+            for column, kind, nullable in columns
+        )
+        conn.execute(
+            sql.SQL("CREATE TABLE IF NOT EXISTS {} ({}, PRIMARY KEY (user_id, as_of))").format(
+                name, definitions
+            )
+        )
+        # A table made by other code (or an older schema) would coerce the rows into its own
+        # columns, and they would read back other than written: refuse, naming both.
+        if problem := _schema_difference(table, self._columns(conn, table), columns):
+            raise TypeError(problem)
+        conn.execute(sql.SQL("DELETE FROM {} WHERE as_of = %s").format(name), (as_of,))
+        # NULL is written \N, so that an empty text stays an empty text (no stored text is \N).
+        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, NULL '\\N')").format(
+            name, sql.SQL(", ").join(sql.Identifier(column) for column, _, _ in columns)
+        )
+        with conn.cursor().copy(copy_sql) as copy:
+            for start in range(0, len(rows), COPY_CHUNK_ROWS):
+                chunk = with_as_of(rows.iloc[start : start + COPY_CHUNK_ROWS], as_of)
+                # repr-exact floats
+                copy.write(chunk.to_csv(index=False, header=False, na_rep="\\N"))
 
     def _columns(self, conn: psycopg.Connection, table: str) -> list[tuple[str, str, bool]]:
         found = conn.execute(
@@ -280,24 +394,17 @@ class PostgresSnapshotStore:
     def read(self, table: str, as_of: datetime) -> pd.DataFrame:
         with self._connect() as conn:
             columns = self._columns(conn, table)
-            buffer = io.StringIO()
-            if columns:
-                query = sql.SQL(
-                    "COPY (SELECT * FROM {} WHERE as_of = {} ORDER BY user_id) TO STDOUT "
-                    "WITH (FORMAT csv, HEADER)"
-                ).format(sql.Identifier(table), sql.Literal(as_of))
-                with conn.cursor().copy(query) as copy:
-                    for block in copy:
-                        buffer.write(bytes(block).decode())
-        if not columns or buffer.tell() == 0:
-            raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d}")
-        buffer.seek(0)
-        raw = pd.read_csv(
-            buffer, dtype=str, keep_default_na=False, na_values=[""], float_precision="round_trip"
-        )
-        if raw.empty:
-            raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d}")
-        return pd.DataFrame({name: _typed(raw[name], kind, null) for name, kind, null in columns})
+            if not columns:
+                raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d}")
+            query = sql.SQL(
+                "COPY (SELECT * FROM {} WHERE as_of = {} ORDER BY user_id) TO STDOUT "
+                "WITH (FORMAT csv)"
+            ).format(sql.Identifier(table), sql.Literal(as_of))
+            with conn.cursor().copy(query) as copy:
+                stream = _CopyStream(copy)
+                if stream.at_end():
+                    raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d}")
+                return _parse_csv(stream, columns)
 
     def read_batches(
         self, table: str, as_of: datetime, rows: int, columns: Sequence[str] | None = None
@@ -362,16 +469,7 @@ class PostgresSnapshotStore:
     def _typed_csv(
         text: bytes, names: list[str], kinds: Mapping[str, tuple[str, bool]]
     ) -> pd.DataFrame:
-        raw = pd.read_csv(
-            io.BytesIO(text),
-            header=None,
-            names=names,
-            dtype=str,
-            keep_default_na=False,
-            na_values=[""],
-            float_precision="round_trip",
-        )
-        return pd.DataFrame({name: _typed(raw[name], *kinds[name]) for name in names})
+        return _parse_csv(io.BytesIO(text), [(name, *kinds[name]) for name in names])
 
     def as_ofs(self, table: str) -> list[datetime]:
         with self._connect() as conn:
@@ -388,19 +486,3 @@ class PostgresSnapshotStore:
             query = sql.SQL("SELECT count(*) FROM {} WHERE as_of = %s")
             (count,) = conn.execute(query.format(sql.Identifier(table)), (as_of,)).fetchone()
         return count or None
-
-
-def _typed(text: pd.Series, kind: str, nullable: bool) -> pd.Series:
-    """A column read back as text, in the dtype the parquet store would have given it."""
-    if kind == "boolean":
-        values = text.map({"t": True, "f": False})
-        return values.astype("boolean") if nullable else values.astype(bool)
-    if kind == "bigint":
-        return text.astype("Int64") if nullable else text.astype(np.int64)
-    if kind == "double precision":
-        return text.astype(np.float64)
-    if kind.startswith("timestamp"):
-        return pd.to_datetime(text, utc=True).astype("datetime64[us, UTC]")
-    if kind == "date":
-        return pd.to_datetime(text, format="%Y-%m-%d").dt.date
-    return text.astype(object).where(text.notna(), None)
