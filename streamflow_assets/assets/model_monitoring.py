@@ -6,8 +6,10 @@ need no training and run before it; batch scores use the champion after M.
 """
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -37,14 +39,15 @@ from streamflow_assets.core.alerts import MonitoringAlert
 from streamflow_assets.core.features import JOIN_KEY, LABEL, model_inputs
 from streamflow_assets.core.monitoring import (
     DECISION_THRESHOLD,
+    FEATURE_COLUMNS,
     SNAPSHOT_TABLES,
     DriftResult,
     drift_frame,
-    drift_sample,
-    month_features,
     performance,
     retrain_reasons,
+    sample_chunks,
     score_summary,
+    typed_chunks,
 )
 from streamflow_assets.core.registry import Registry
 from streamflow_assets.core.settings import get_settings
@@ -55,6 +58,7 @@ from streamflow_assets.resources import (
     AlertSinkResource,
     DriftResource,
     FreshnessResource,
+    LimitsResource,
     ModelRegistryResource,
     SnapshotsResource,
 )
@@ -65,14 +69,19 @@ DRIFT_CHECK = "drift_share_below_threshold"
 DRIFT_REPORT = "feature_drift.html"
 
 
-def _features_of(store: SnapshotStore, partition: str) -> pd.DataFrame:
-    """A month's features from its snapshots; KeyError naming the month when one is missing."""
+def _feature_chunks(
+    store: SnapshotStore, partition: str, rows: int, labelled: bool = False
+) -> Iterator[pd.DataFrame]:
+    """A month's features (`month_features`' rows and dtypes), `rows` users at a time, with
+    their label if `labelled` (users without one left out); KeyError naming the month when a
+    snapshot is missing."""
     as_of = months.as_of(partition)
-    try:
-        frames = {table: store.read(table, as_of) for table in SNAPSHOT_TABLES}
-    except KeyError as error:
-        raise KeyError(f"month {partition} has no feature snapshots ({error.args[0]})") from None
-    return month_features(frames)
+    missing = [table for table in SNAPSHOT_TABLES if not store.row_count(table, as_of)]
+    if missing:
+        raise KeyError(f"month {partition} has no feature snapshots ({', '.join(missing)})")
+    tables = {LABELS_TABLE: [LABEL]} | FEATURE_COLUMNS if labelled else FEATURE_COLUMNS
+    require = LABELS_TABLE if labelled else None
+    return typed_chunks(store.join_batches(tables, as_of, rows, require=require))
 
 
 def _not_measured(status: str, reason: str, **facts: object) -> dict[str, object]:
@@ -94,6 +103,7 @@ def batch_scores(
     context: AssetExecutionContext,
     snapshots: SnapshotsResource,
     model_registry: ModelRegistryResource,
+    limits: LimitsResource,
 ) -> MaterializeResult:
     """Every user of the month scored by the champion after the month's promotion decision."""
     key = context.partition_key
@@ -105,19 +115,26 @@ def batch_scores(
             metadata=_not_measured("no_champion", f"no version was promoted up to {key}")
         )
     store = snapshots.store()
-    features = _features_of(store, key)
     # The ONNX twin /predict serves, on the same model inputs: the same probabilities.
-    probability = registry.compiled_model(champion.version).predict_proba(model_inputs(features))
-    scores = pd.DataFrame(
-        {
-            JOIN_KEY: features[JOIN_KEY],
-            "probability": probability.astype("float64"),
-            "prediction": (probability >= DECISION_THRESHOLD).astype("int64"),
-            "model_version": str(champion.version),
-        }
-    )
+    model = registry.compiled_model(champion.version)
+    parts = []
+    for features in _feature_chunks(store, key, limits.chunk_rows):
+        probability = model.predict_proba(model_inputs(features))
+        parts.append(
+            pd.DataFrame(
+                {
+                    JOIN_KEY: features[JOIN_KEY],
+                    "probability": probability.astype("float64"),
+                    "prediction": (probability >= DECISION_THRESHOLD).astype("int64"),
+                    "model_version": str(champion.version),
+                }
+            )
+        )
+    # The scores (a user id and three numbers a user) are what the step holds whole: the store
+    # writes a month's table at once.
+    scores = pd.concat(parts, ignore_index=True)
     store.write_month(months.as_of(key), {BATCH_SCORES_TABLE: scores})
-    summary = score_summary(probability)
+    summary = score_summary(scores["probability"].to_numpy())
     return MaterializeResult(
         metadata={
             "status": "scored",
@@ -182,6 +199,7 @@ def feature_drift(
     snapshots: SnapshotsResource,
     model_registry: ModelRegistryResource,
     drift: DriftResource,
+    limits: LimitsResource,
 ) -> MaterializeResult:
     """The month's 14 features and the incumbent's scores against its training month (Evidently)."""
     key = context.partition_key
@@ -196,8 +214,11 @@ def feature_drift(
         )
     else:
         try:
-            reference = _features_of(store, reference_partition)
-            current = _features_of(store, key)
+            # Evidently takes DataFrames: each side is its seeded sample, drawn as it streams by.
+            (reference, reference_rows), (current, current_rows) = (
+                sample_chunks(_feature_chunks(store, month, limits.chunk_rows))
+                for month in (reference_partition, key)
+            )
         except KeyError as error:
             metadata = _not_measured(
                 "reference_missing" if reference_partition in str(error) else "current_missing",
@@ -207,11 +228,13 @@ def feature_drift(
             )
         else:
             model = registry.compiled_model(incumbent.version)
-            samples = [drift_sample(reference), drift_sample(current)]
             result, html = drift.measure(
-                *(drift_frame(side, model.predict_proba(model_inputs(side))) for side in samples),
+                *(
+                    drift_frame(side, model.predict_proba(model_inputs(side)))
+                    for side in (reference, current)
+                ),
                 threshold,
-                rows=(len(reference), len(current)),
+                rows=(reference_rows, current_rows),
             )
             run_id = registry.log_monitoring(
                 "feature_drift",
@@ -230,6 +253,12 @@ def feature_drift(
                 "incumbent_version": str(incumbent.version),
                 "reference_partition": reference_partition,
                 "drift_share": MetadataValue.float(round(result.drift_share, 6)),
+                "reference_rows": reference_rows,
+                "current_rows": current_rows,
+                # Evidently tests a seeded uniform sample of each side (every user of a side
+                # that has no more): `core.monitoring.sample_chunks`.
+                "sampled_rows": f"{len(reference):,} of {reference_rows:,} (reference), "
+                f"{len(current):,} of {current_rows:,} (current)",
                 "share_threshold": threshold,
                 "dataset_drift": result.dataset_drift,
                 "drifted_columns": ", ".join(result.drifted) or "none",
@@ -262,6 +291,7 @@ def model_performance(
     context: AssetExecutionContext,
     snapshots: SnapshotsResource,
     model_registry: ModelRegistryResource,
+    limits: LimitsResource,
 ) -> MaterializeResult:
     """How the incumbent did on the month's labels (it never saw them): AUC, F1, Brier, decay."""
     key = context.partition_key
@@ -273,24 +303,24 @@ def model_performance(
             metadata=_not_measured("no_incumbent", f"no version was promoted before {key}")
         )
     facts = {"incumbent_version": str(incumbent.version), "reference_partition": trained_on}
-    try:
-        labels = store.read(LABELS_TABLE, months.as_of(key))
-    except KeyError:
-        labels = pd.DataFrame(columns=[JOIN_KEY, LABEL])
-    if labels.empty:
+    if not store.row_count(LABELS_TABLE, months.as_of(key)):
         return MaterializeResult(
             metadata=_not_measured("no_labels", f"month {key} has no labels yet", **facts)
         )
+    model = registry.compiled_model(incumbent.version)
+    labels, probabilities = [], []
     try:
-        features = _features_of(store, key)
+        for labelled in _feature_chunks(store, key, limits.chunk_rows, labelled=True):
+            labels.append(labelled[LABEL].to_numpy(dtype=int))
+            probabilities.append(model.predict_proba(model_inputs(labelled)))
     except KeyError as error:
         return MaterializeResult(
             metadata=_not_measured("current_missing", str(error.args[0]), **facts)
         )
-    labelled = labels[[JOIN_KEY, LABEL]].merge(features, on=JOIN_KEY)
-    probability = registry.compiled_model(incumbent.version).predict_proba(model_inputs(labelled))
     scores = performance(
-        labelled[LABEL].to_numpy(), probability, float(incumbent.tags.get("val_auc", "nan"))
+        np.concatenate(labels),
+        np.concatenate(probabilities),
+        float(incumbent.tags.get("val_auc", "nan")),
     )
     run_id = registry.log_monitoring("model_performance", key, incumbent, scores)
     context.log.info(

@@ -1,9 +1,11 @@
 """Registry: the promotion decision that makes a month's candidate the champion, or keeps it out."""
 
 import math
+from collections.abc import Callable
 
 import mlflow
 import numpy as np
+import pandas as pd
 from dagster import AssetExecutionContext, Config, MaterializeResult, asset
 from mlflow.entities.model_registry import ModelVersion
 from sklearn.metrics import roc_auc_score
@@ -11,13 +13,20 @@ from sklearn.metrics import roc_auc_score
 from streamflow_assets.assets.features import TRAINING_TABLE
 from streamflow_assets.assets.training import churn_model
 from streamflow_assets.core import months
+from streamflow_assets.core.features import LABEL
 from streamflow_assets.core.promotion import Contender, decide
 from streamflow_assets.core.registry import CHAMPION_ALIAS, Registry, as_of_of
 from streamflow_assets.core.settings import get_settings
-from streamflow_assets.core.training import ModelParams, one_thread, split
+from streamflow_assets.core.training import (
+    ModelParams,
+    month_labels,
+    one_thread,
+    score_rows,
+    split,
+)
 from streamflow_assets.freshness import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
-from streamflow_assets.resources import ModelRegistryResource, SnapshotsResource
+from streamflow_assets.resources import LimitsResource, ModelRegistryResource, SnapshotsResource
 
 # One slot (the instance's pool default_limit): two runs of a backfill never decide at once, so
 # an older month cannot move the champion back after a newer month's promotion it did not see.
@@ -30,11 +39,19 @@ class PromotionConfig(Config):
     margin: float | None = None
 
 
-def _auc_on(registry: Registry, version: ModelVersion, x_val, y_val) -> float:
+def _scorer(registry: Registry, version: ModelVersion) -> Callable[[pd.DataFrame], np.ndarray]:
+    """The version's logged Pipeline (pyfunc), as the churn probability of model-frame rows."""
     model = mlflow.pyfunc.load_model(f"models:/{registry.name}/{version.version}")
-    with one_thread():
-        probability = np.asarray(model.predict(x_val))[:, 1]
-    return float(roc_auc_score(y_val, probability)) if len(set(y_val)) == 2 else math.nan
+
+    def probability(x: pd.DataFrame) -> np.ndarray:
+        with one_thread():
+            return np.asarray(model.predict(x))[:, 1]
+
+    return probability
+
+
+def _auc(y: np.ndarray, probability: np.ndarray) -> float:
+    return float(roc_auc_score(y, probability)) if len(set(y)) == 2 else math.nan
 
 
 @asset(
@@ -50,6 +67,7 @@ def production_model(
     config: PromotionConfig,
     snapshots: SnapshotsResource,
     model_registry: ModelRegistryResource,
+    limits: LimitsResource,
 ) -> MaterializeResult:
     """Which `streamflow_churn` version serves: the month's candidate if it beats the champion."""
     key = context.partition_key
@@ -60,26 +78,26 @@ def production_model(
         raise ValueError(f"no {registry.name} version is tagged partition={key}: run churn_model")
     champion = registry.champion()
 
-    # Both are judged on the candidate month's held-out rows, re-drawn exactly as in training.
-    dataset = snapshots.store().read(TRAINING_TABLE, months.as_of(key)).drop(columns=["as_of"])
+    # Both are judged on the candidate month's held-out rows, re-drawn exactly as in training
+    # (the fit's sample cap leaves them whole) and scored as the month streams by.
+    store, as_of = snapshots.store(), months.as_of(key)
     trained_with = registry.client.get_run(candidate.run_id).data.params
     params = ModelParams(
         validation_size=float(trained_with["validation_size"]),
         random_state=int(trained_with["random_state"]),
     )
-    held_out = split(dataset, params)
-    contender = Contender(
-        candidate.version,
-        as_of_of(candidate),
-        _auc_on(registry, candidate, held_out.x_val, held_out.y_val),
+    labels = month_labels(store.read_batches(TRAINING_TABLE, as_of, limits.chunk_rows, [LABEL]))
+    held_out = split(labels, params).val
+    judged = [candidate] if champion is None else [candidate, champion]
+    y_val, scores = score_rows(
+        store.read_batches(TRAINING_TABLE, as_of, limits.chunk_rows),
+        held_out,
+        [_scorer(registry, version) for version in judged],
     )
+    contender = Contender(candidate.version, as_of_of(candidate), _auc(y_val, scores[0]))
     incumbent = None
     if champion is not None:
-        incumbent = Contender(
-            champion.version,
-            as_of_of(champion),
-            _auc_on(registry, champion, held_out.x_val, held_out.y_val),
-        )
+        incumbent = Contender(champion.version, as_of_of(champion), _auc(y_val, scores[1]))
     decision = decide(contender, incumbent, margin)
     if decision.promote:
         registry.promote(candidate.version)

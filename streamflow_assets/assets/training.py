@@ -2,10 +2,12 @@
 
 import base64
 import tempfile
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
@@ -24,7 +26,7 @@ from mlflow import pyfunc as mlflow_pyfunc
 from mlflow.models import infer_signature
 from sklearn.metrics import roc_auc_score
 
-from streamflow_assets.assets.features import TRAINING_TABLE, content_hash, training_dataset
+from streamflow_assets.assets.features import LABELS_TABLE, TRAINING_TABLE, training_dataset
 from streamflow_assets.core import months
 from streamflow_assets.core.compiled import ONNX_FILE
 from streamflow_assets.core.feature_store import read_online
@@ -40,14 +42,16 @@ from streamflow_assets.core.settings import get_settings
 from streamflow_assets.core.training import (
     ModelParams,
     confusion_matrix_png,
+    labels_and_hash,
     one_thread,
     roc_curve_png,
-    to_onnx,
+    take,
     train,
 )
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import (
     FeatureStoreResource,
+    LimitsResource,
     ModelRegistryResource,
     SnapshotsResource,
 )
@@ -100,36 +104,52 @@ def churn_model(
     context: AssetExecutionContext,
     config: ChurnModelConfig,
     snapshots: SnapshotsResource,
+    limits: LimitsResource,
     mlflow: ResourceParam[MlFlow],
 ) -> MaterializeResult:
     """A churn classifier trained on the month, registered as a new `streamflow_churn` version."""
     key = context.partition_key
     as_of = months.as_of(key)
-    dataset = snapshots.store().read(TRAINING_TABLE, as_of).drop(columns=["as_of"])
+    store = snapshots.store()
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        return store.read_batches(TRAINING_TABLE, as_of, limits.chunk_rows)
+
+    labels, dataset_hash = labels_and_hash(chunks())
     params = ModelParams(**config.model_dump())
-    trained = train(dataset, params)
-    onnx_model = to_onnx(trained.pipeline, trained.split.x_val)
+    trained = train(chunks, labels, params, limits.train_max_rows)
+    sample = trained.split
+    if sample.capped:
+        context.log.info(
+            f"fit on a stratified sample of {len(sample.train):,} of {sample.train_rows:,} "
+            f"training rows (STREAMFLOW_TRAIN_MAX_ROWS={limits.train_max_rows:,})"
+        )
     # Imported here: skops takes seconds to load, and only this step needs it.
     import skops.io
 
     # `mlflow` is dagster-mlflow's resource: the mlflow API, inside the run it opened for us.
     run_id = mlflow.active_run().info.run_id
-    dataset_hash = content_hash(dataset)
-
-    mlflow.log_params(params.as_dict() | {"partition": key, "rows": len(dataset)})
+    sample_facts = {
+        "rows": len(labels),
+        "train_rows": sample.train_rows,
+        "train_sample_rows": len(sample.train),
+        "train_max_rows": limits.train_max_rows,
+        "val_rows": len(sample.val),
+    }
+    mlflow.log_params(params.as_dict() | {"partition": key} | sample_facts)
     mlflow.log_metrics(trained.metrics)
     mlflow.log_dict(_feature_schema(), "feature_schema.json")
-    y_val, probability = trained.split.y_val, trained.val_probability
+    y_val, probability = trained.y_val, trained.val_probability
     roc = roc_curve_png(y_val, probability, f"ROC {key}")
     confusion = confusion_matrix_png(y_val, probability, f"Confusion {key}")
-    example = trained.split.x_val.head(5)
+    example = trained.example
     with tempfile.TemporaryDirectory() as scratch:
         plots = Path(scratch)
         (plots / "roc_curve.png").write_bytes(roc)
         (plots / "confusion_matrix.png").write_bytes(confusion)
         mlflow.log_artifacts(scratch, "plots")
         onnx_path = plots / ONNX_FILE
-        onnx_path.write_bytes(onnx_model)
+        onnx_path.write_bytes(trained.onnx)
         model_info = mlflow.sklearn.log_model(
             trained.pipeline,
             name="model",
@@ -161,7 +181,7 @@ def churn_model(
             "model_uri": f"models:/{MODEL_NAME}/{version.version}",
             "mlflow_run_uri": f"runs:/{run_id}/model",
             "dataset_hash": dataset_hash,
-            "rows": len(dataset),
+            **sample_facts,
             "roc_curve": MetadataValue.md(_image(roc, f"ROC {key}")),
             "confusion_matrix": MetadataValue.md(_image(confusion, f"Confusion {key}")),
             "params": MetadataValue.json(params.as_dict()),
@@ -181,14 +201,20 @@ def candidate_scores_online_features(
     snapshots: SnapshotsResource,
     feature_store: FeatureStoreResource,
     model_registry: ModelRegistryResource,
+    limits: LimitsResource,
 ) -> AssetCheckResult:
     key = context.partition_key
     floor = get_settings().promotion_auc_floor
     candidate = model_registry.registry().latest_for_partition(key)
     if candidate is None:
         return AssetCheckResult(passed=False, metadata={"reason": f"no version for {key}"})
-    labels = snapshots.store().read("labels_snapshots", months.as_of(key))
-    sample = labels.sample(n=min(CHECK_SAMPLE, len(labels)), random_state=0)
+    store, as_of = snapshots.store(), months.as_of(key)
+    users = store.row_count(LABELS_TABLE, as_of)
+    if not users:
+        return AssetCheckResult(passed=False, metadata={"reason": f"no labels for {key}"})
+    # The rows `DataFrame.sample(n, random_state=0)` draws, taken while the month streams by.
+    drawn = np.random.RandomState(0).choice(users, size=min(CHECK_SAMPLE, users), replace=False)
+    sample = take(store.read_batches(LABELS_TABLE, as_of, limits.chunk_rows), drawn)
     online = read_online(feature_store.open(), sample[JOIN_KEY].tolist())
     known = online[[f.name for f in FEATURES]].notna().any(axis=1).to_numpy()
     model = mlflow_pyfunc.load_model(f"models:/{MODEL_NAME}/{candidate.version}")

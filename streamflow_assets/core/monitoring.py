@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from typing import Any
@@ -34,6 +34,8 @@ SCORE_COLUMN = "incumbent_score"
 DRIFT_COLUMNS = [*FEATURE_NAMES, SCORE_COLUMN]
 DECISION_THRESHOLD = 0.5
 SNAPSHOT_TABLES = [view.source_table for view in FEATURE_VIEWS]
+# What `SnapshotStore.join_batches` reads for a month's features: each table's own features.
+FEATURE_COLUMNS = {view.source_table: [f.name for f in view.features] for view in FEATURE_VIEWS}
 
 
 def month_features(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -53,6 +55,13 @@ def month_features(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     ]
     joined = pd.concat(parts, axis=1, join="outer").sort_index().rename_axis(JOIN_KEY)
     return with_stored_dtypes(joined.reset_index())
+
+
+def typed_chunks(chunks: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Chunks of a month's joined features (`join_batches` of `FEATURE_COLUMNS`, in user_id
+    order) typed as `month_features` types the whole month: its rows, chunk by chunk."""
+    for chunk in chunks:
+        yield with_stored_dtypes(chunk)
 
 
 def drift_frame(features: pd.DataFrame, scores: np.ndarray) -> pd.DataFrame:
@@ -125,10 +134,34 @@ def _all_missing(column: pd.Series) -> bool:
 DRIFT_SAMPLE_ROWS = 20_000
 
 
+def sample_chunks(
+    chunks: Iterable[pd.DataFrame], rows: int = DRIFT_SAMPLE_ROWS
+) -> tuple[pd.DataFrame, int]:
+    """A seeded uniform sample of at most `rows` rows of the chunks, in their order, and how
+    many rows there were; every row when there are no more. Only the sample and one chunk are
+    held: each row draws a key from one seeded stream and the smallest keys stay, so the sample
+    does not depend on how the rows were chunked."""
+    keys = np.random.default_rng(0)
+    kept: pd.DataFrame | None = None
+    kept_keys = np.empty(0)
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        frame = chunk if kept is None else pd.concat([kept, chunk], ignore_index=True)
+        kept_keys = np.concatenate([kept_keys, keys.random(len(chunk))])
+        if len(frame) > rows:
+            smallest = np.sort(np.argpartition(kept_keys, rows)[:rows])
+            frame, kept_keys = frame.iloc[smallest].reset_index(drop=True), kept_keys[smallest]
+        kept = frame
+    if kept is None:
+        raise ValueError("no rows to sample")
+    return kept, seen
+
+
 def drift_sample(frame: pd.DataFrame, rows: int = DRIFT_SAMPLE_ROWS) -> pd.DataFrame:
     """The seeded sample of at most `rows` rows that drift is measured on (taken before scoring,
-    so only the sample is scored)."""
-    return frame if len(frame) <= rows else frame.sample(n=rows, random_state=0)
+    so only the sample is scored); `sample_chunks` of the frame whole."""
+    return frame if len(frame) <= rows else sample_chunks([frame], rows)[0]
 
 
 def import_evidently() -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -30,6 +32,7 @@ from streamflow_assets.core.features import (
     CATEGORICAL,
     LABEL,
     NUMERIC,
+    TIMESTAMP,
     to_model_frame,
 )
 
@@ -95,22 +98,101 @@ def one_thread() -> threadpool_limits:
     return threadpool_limits(limits=1, user_api="openmp")
 
 
+# A month's training table, read again each time it is called, as chunks of rows in the stored
+# order (`SnapshotStore.read_batches`): the month is streamed, never held whole.
+Chunks = Callable[[], Iterable[pd.DataFrame]]
+
+
 @dataclass(frozen=True)
 class Split:
-    x_train: pd.DataFrame
-    x_val: pd.DataFrame
-    y_train: np.ndarray
-    y_val: np.ndarray
+    """A month's rows by position in the stored order: those the fit takes, in the order it
+    takes them, and the held-out ones; `train_rows` is the training side before the cap."""
+
+    train: np.ndarray
+    val: np.ndarray
+    train_rows: int
+
+    @property
+    def capped(self) -> bool:
+        return len(self.train) < self.train_rows
 
 
-def split(dataset: pd.DataFrame, params: ModelParams) -> Split:
-    """The deterministic held-out split of a month: the same rows every time it is asked for."""
-    x = to_model_frame(dataset)
-    y = dataset[LABEL].astype(int).to_numpy()
-    x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=params.validation_size, stratify=y, random_state=params.random_state
+def split(labels: np.ndarray, params: ModelParams, max_rows: int | None = None) -> Split:
+    """The deterministic held-out split of a month, and the fit's stratified sample of at most
+    `max_rows` of the rest: the same rows every time they are asked for.
+
+    The held-out side is the month's whole stratified `validation_size` share whatever the cap,
+    so the promotion gate compares models on the same rows; the sample keeps the churn rate.
+    """
+    y = np.asarray(labels, dtype=int)
+    train, val = train_test_split(
+        np.arange(len(y)),
+        test_size=params.validation_size,
+        stratify=y,
+        random_state=params.random_state,
     )
-    return Split(x_train, x_val, y_train, y_val)
+    available = len(train)
+    if max_rows is not None and available > max_rows:
+        train, _ = train_test_split(
+            train, train_size=max_rows, stratify=y[train], random_state=params.random_state
+        )
+    return Split(train, val, available)
+
+
+def rows_at(chunks: Iterable[pd.DataFrame], positions: np.ndarray) -> Iterator[pd.DataFrame]:
+    """The rows at `positions` of the concatenated chunks, chunk by chunk, in stored order."""
+    wanted = np.sort(positions)
+    start = 0
+    for chunk in chunks:
+        end = start + len(chunk)
+        here = wanted[np.searchsorted(wanted, start) : np.searchsorted(wanted, end)]
+        if len(here):
+            yield chunk.iloc[here - start]
+        start = end
+
+
+def take(chunks: Iterable[pd.DataFrame], positions: np.ndarray) -> pd.DataFrame:
+    """The rows at `positions` of the concatenated chunks, in the order of `positions`."""
+    found = pd.concat(list(rows_at(chunks, positions)), ignore_index=True)
+    return found.iloc[np.searchsorted(np.sort(positions), positions)].reset_index(drop=True)
+
+
+def month_labels(chunks: Iterable[pd.DataFrame]) -> np.ndarray:
+    """The label column of a month's training table (read alone: a byte a row)."""
+    return np.concatenate([chunk[LABEL].astype(int).to_numpy() for chunk in chunks])
+
+
+def score_rows(
+    chunks: Iterable[pd.DataFrame],
+    positions: np.ndarray,
+    models: Sequence[Callable[[pd.DataFrame], np.ndarray]],
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The labels of the rows at `positions` and each model's churn probabilities of them (from
+    `to_model_frame` rows), scored chunk by chunk; in stored order."""
+    labels: list[np.ndarray] = []
+    scores: list[list[np.ndarray]] = [[] for _ in models]
+    for part in rows_at(chunks, positions):
+        x = to_model_frame(part)
+        labels.append(part[LABEL].astype(int).to_numpy())
+        for found, model in zip(scores, models, strict=True):
+            found.append(np.asarray(model(x), dtype=np.float64))
+    return np.concatenate(labels), [np.concatenate(found) for found in scores]
+
+
+def labels_and_hash(chunks: Iterable[pd.DataFrame]) -> tuple[np.ndarray, str]:
+    """The label column of a month's training table, and `assets.features.content_hash` of its
+    rows (without as_of) computed chunk by chunk: the same fingerprint, row hashes in order."""
+    labels: list[np.ndarray] = []
+    digest = None
+    for chunk in chunks:
+        rows = chunk.drop(columns=[TIMESTAMP])
+        if digest is None:
+            digest = hashlib.sha256(",".join(rows.columns).encode())
+        digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+        labels.append(rows[LABEL].astype(int).to_numpy())
+    if digest is None:
+        raise ValueError("the training table has no rows")
+    return np.concatenate(labels), digest.hexdigest()[:16]
 
 
 def metrics(y: np.ndarray, probability: np.ndarray) -> dict[str, float]:
@@ -128,25 +210,54 @@ def metrics(y: np.ndarray, probability: np.ndarray) -> dict[str, float]:
 @dataclass(frozen=True)
 class TrainedModel:
     pipeline: Pipeline
+    onnx: bytes
     split: Split
+    y_val: np.ndarray
     val_probability: np.ndarray
+    # The first held-out rows as the Pipeline takes them: MLflow's input example and signature.
+    example: pd.DataFrame
     metrics: dict[str, float]
 
 
-def train(dataset: pd.DataFrame, params: ModelParams) -> TrainedModel:
-    data = split(dataset, params)
+def train(
+    chunks: Chunks, labels: np.ndarray, params: ModelParams, max_rows: int | None = None
+) -> TrainedModel:
+    """Fit on the month's stratified sample of at most `max_rows` training rows, compile the fit
+    to ONNX and score the held-out rows chunk by chunk with both: the month is read twice and
+    only the sample is held whole. The compiled model is refused unless it predicts every
+    held-out row like scikit-learn (within `ONNX_TOLERANCE`)."""
+    rows = split(labels, params, max_rows)
+    x_train = to_model_frame(take(chunks(), rows.train))
     pipeline = build_pipeline(params)
     with one_thread():
         started = time.perf_counter()
-        pipeline.fit(data.x_train, data.y_train)
+        pipeline.fit(x_train, labels[rows.train].astype(int))
         train_time = time.perf_counter() - started
-        probability = pipeline.predict_proba(data.x_val)[:, 1]
-    found = metrics(data.y_val, probability) | {"train_time_s": round(train_time, 3)}
-    return TrainedModel(pipeline, data, probability, found)
+    del x_train
+    onnx_bytes = to_onnx(pipeline)
+    compiled = CompiledModel(onnx_bytes)
+    probabilities, held_out, worst = [], [], 0.0
+    example = None
+    for part in rows_at(chunks(), rows.val):
+        x = to_model_frame(part)
+        with one_thread():
+            probability = pipeline.predict_proba(x)[:, 1]
+        worst = max(worst, float(np.max(np.abs(compiled.predict_proba(x) - probability))))
+        probabilities.append(probability)
+        held_out.append(part[LABEL].astype(int).to_numpy())
+        example = x.head(5) if example is None else example
+    if worst > ONNX_TOLERANCE:
+        raise ValueError(f"ONNX model strays {worst:.2e} from scikit-learn (> {ONNX_TOLERANCE})")
+    y_val, val_probability = np.concatenate(held_out), np.concatenate(probabilities)
+    found = metrics(y_val, val_probability) | {
+        "train_time_s": round(train_time, 3),
+        "train_sample_rows": len(rows.train),
+    }
+    return TrainedModel(pipeline, onnx_bytes, rows, y_val, val_probability, example, found)
 
 
-def to_onnx(pipeline: Pipeline, check_on: pd.DataFrame) -> bytes:
-    """The fitted Pipeline compiled to ONNX, refused unless it predicts `check_on` like sklearn.
+def to_onnx(pipeline: Pipeline) -> bytes:
+    """The fitted Pipeline compiled to ONNX (`train` checks it against scikit-learn).
 
     The graph holds the trees; the one-hot categories and imputation medians go in its metadata
     as the `Encoding` that `CompiledModel` applies (see `core/compiled.py`).
@@ -174,14 +285,7 @@ def to_onnx(pipeline: Pipeline, check_on: pd.DataFrame) -> bytes:
         options={id(classifier): {"zipmap": False}},
     )
     set_model_props(compiled, {ENCODING_KEY: encoding.to_json()})
-    onnx_bytes = compiled.SerializeToString()
-    with one_thread():
-        expected = pipeline.predict_proba(check_on)[:, 1]
-    actual = CompiledModel(onnx_bytes).predict_proba(check_on)
-    worst = float(np.max(np.abs(actual - expected))) if len(expected) else 0.0
-    if worst > ONNX_TOLERANCE:
-        raise ValueError(f"ONNX model strays {worst:.2e} from scikit-learn (> {ONNX_TOLERANCE})")
-    return onnx_bytes
+    return compiled.SerializeToString()
 
 
 def _png(figure) -> bytes:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from dagster import AssetKey, DagsterInstance
 from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
 
 from streamflow_assets.core import months
 from streamflow_assets.core.compiled import ONNX_FILE, CompiledModel
@@ -224,3 +225,28 @@ def test_promotions_of_concurrent_runs_take_turns(built: Built) -> None:
     assert time.monotonic() - started >= hold
     messages = [event.message or "" for event in result.all_events]
     assert f"Step blocked by limit for pool {PROMOTION_POOL}" in messages
+
+
+def test_the_fit_records_its_sample(built: Built) -> None:
+    """The sample cap is the setting's; the real months (5,282 training rows) fit whole."""
+    january = metadata(built.instance, "churn_model", "2024-01")
+    cap = built.settings.train_max_rows
+    assert january["train_max_rows"] == cap
+    assert january["train_sample_rows"] == january["train_rows"] == 5282
+    assert january["val_rows"] == 7043 - 5282 and january["rows"] == 7043
+    (first, *_) = versions(built.client)
+    params = built.client.get_run(first.run_id).data.params
+    assert params["train_sample_rows"] == "5282" and params["train_max_rows"] == str(cap)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("STREAMFLOW_TRAIN_MAX_ROWS", "10"), ("STREAMFLOW_CHUNK_ROWS", "0"),
+     ("STREAMFLOW_CHUNK_ROWS", "many")],
+)  # fmt: skip
+def test_a_bad_bound_is_refused_naming_it(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError, match=variable.removeprefix("STREAMFLOW_").lower()):
+        Settings()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,12 @@ import pandas as pd
 import pytest
 from dagster import build_init_resource_context
 
-from streamflow_assets.core import seeds
+from streamflow_assets.core import months, seeds
+from streamflow_assets.core.compiled import CompiledModel
+from streamflow_assets.core.features import LABEL, model_inputs
 from streamflow_assets.core.monitoring import (
     DRIFT_COLUMNS,
+    FEATURE_COLUMNS,
     SCORE_COLUMN,
     DriftResult,
     RetrainReason,
@@ -23,9 +27,16 @@ from streamflow_assets.core.monitoring import (
     months_between,
     performance,
     retrain_reasons,
+    sample_chunks,
     score_summary,
+    typed_chunks,
 )
+from streamflow_assets.core.snapshots import ParquetSnapshotStore, PostgresSnapshotStore
+from streamflow_assets.core.training import ModelParams, train
 from streamflow_assets.resources import DriftResource
+from tests.profiles import PROFILES, throwaway_databases
+
+JANUARY = months.as_of("2024-01")
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +231,68 @@ def test_a_run_that_never_measured_stops_its_worker() -> None:
     worker = drift._worker
     drift.teardown_after_execution(build_init_resource_context())
     assert worker.returncode is not None
+
+
+@pytest.fixture(scope="module", params=PROFILES)
+def stored_month(
+    request: pytest.FixtureRequest, real_seeds: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[object, dict[str, pd.DataFrame]]]:
+    """January of the real seeds in a profile's snapshot store, each table in an order of its
+    own (not user_id's) and one user missing from the usage table."""
+    month = seeds.read_month(real_seeds / "month_000")
+    month = {
+        table: frame.sample(frac=1, random_state=i).reset_index(drop=True)
+        for i, (table, frame) in enumerate(month.items())
+    }
+    month["usage_agg_30d_snapshots"] = month["usage_agg_30d_snapshots"].iloc[1:]
+    if request.param == "local":
+        store = ParquetSnapshotStore(tmp_path_factory.mktemp("snapshots"))
+        store.write_month(JANUARY, month)
+        yield store, month
+        return
+    with throwaway_databases("") as (database,):
+        store = PostgresSnapshotStore(f"host=127.0.0.1 user=postgres dbname={database}")
+        store.write_month(JANUARY, month)
+        yield store, month
+
+
+def test_a_month_read_in_chunks_is_the_month_read_whole(stored_month) -> None:
+    """What batch scoring, drift and decay read chunk by chunk: the whole month's features, in
+    user_id order and dtypes, and so the same scores."""
+    store, month = stored_month
+    whole = month_features({table: store.read(table, JANUARY) for table in FEATURE_COLUMNS})
+    parts = list(typed_chunks(store.join_batches(FEATURE_COLUMNS, JANUARY, 1_000)))
+    assert len(parts) == 8 and max(len(part) for part in parts) == 1_000
+    pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), whole)
+
+    dataset = whole.merge(month["labels_snapshots"], on="user_id")
+    model = train(lambda: [dataset], dataset[LABEL].to_numpy(), ModelParams(max_iter=20))
+    compiled = CompiledModel(model.onnx)
+    chunked = np.concatenate([compiled.predict_proba(model_inputs(part)) for part in parts])
+    np.testing.assert_array_equal(chunked, compiled.predict_proba(model_inputs(whole)))
+
+
+def test_labelled_chunks_are_the_labelled_users_with_their_features(stored_month) -> None:
+    store, month = stored_month
+    labels = month["labels_snapshots"].iloc[:5_000]
+    store.write_month(months.as_of("2024-02"), {**month, "labels_snapshots": labels})
+    tables = {"labels_snapshots": [LABEL]} | FEATURE_COLUMNS
+    joined = pd.concat(
+        store.join_batches(tables, months.as_of("2024-02"), 999, require="labels_snapshots"),
+        ignore_index=True,
+    )
+    expected = labels.merge(month_features(month), on="user_id").sort_values("user_id")
+    assert joined["user_id"].tolist() == expected["user_id"].tolist()
+    assert joined[LABEL].astype(bool).tolist() == expected[LABEL].tolist()
+
+
+def test_a_chunked_drift_sample_does_not_depend_on_the_chunks(january: pd.DataFrame) -> None:
+    whole, rows = sample_chunks([january], 2_000)
+    chunked, chunked_rows = sample_chunks(
+        (january.iloc[i : i + 700] for i in range(0, len(january), 700)), 2_000
+    )
+    assert rows == chunked_rows == 7_043 and len(whole) == 2_000
+    pd.testing.assert_frame_equal(chunked, whole)
+    # Every row, in order, when there are no more than the sample's size.
+    everything, _ = sample_chunks(january.iloc[i : i + 700] for i in range(0, 7_043, 700))
+    pd.testing.assert_frame_equal(everything, january.reset_index(drop=True))
