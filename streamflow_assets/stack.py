@@ -1,6 +1,8 @@
-"""`make stack`: PostgreSQL, MLflow, Dagster webserver and daemon, and the API, without Docker,
-as supervisord programs.
+"""`make stack`: PostgreSQL, MLflow, Dagster's code server, webserver and daemon, and the API,
+without Docker, as supervisord programs.
 
+Dagster runs as it is deployed: one long-lived code server (`dagster code-server start`) that the
+webserver, the daemon and the runs they launch use, through a workspace of one `grpc_server`.
 Under the cluster profile also RabbitMQ and Redis (started when down) and two celery workers.
 """
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamflow_assets.cli import dagster_postgres_env, dagster_yaml
@@ -29,7 +32,10 @@ from streamflow_assets.core.settings import REPO_ROOT, Settings, get_settings
 # Every service binds to loopback: the native stack is for one user on one machine.
 HOST = "127.0.0.1"
 WORKERS = ("celery-worker-1", "celery-worker-2")
-SERVICES = ("mlflow", "dagster-webserver", "dagster-daemon", *WORKERS, "api")
+CODE_SERVER = "dagster-code"
+SERVICES = ("mlflow", CODE_SERVER, "dagster-webserver", "dagster-daemon", *WORKERS, "api")
+# The code location's name in the workspace (the UI's /locations/streamflow/...).
+LOCATION = "streamflow"
 # How .ci/run starts the machine's own servers when they are down (both are system services that
 # other programs may share: `down` leaves them running).
 SYSTEM_SERVERS = {
@@ -50,22 +56,24 @@ class StackSettings(BaseSettings):
 
     mlflow_port: int = 5000
     dagster_port: int = 3000
+    code_server_port: int = 4000
     api_port: int = 8000
     mlflow_db: str = "mlflow"
     dagster_db: str = "dagster"
     mlflow_workers: int = 2
-    workspace: Path = REPO_ROOT / "workspace.yaml"
     start_timeout_seconds: float = 180.0
     stop_timeout_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
 class Service:
-    """One long-running process of the stack and the URL that answers once it is up."""
+    """One long-running process of the stack, the URL that answers once it is up (`tcp://` for a
+    server that opens its port only when ready), and the services it needs up first."""
 
     name: str
     command: list[str]
     ready_url: str | None
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -91,17 +99,31 @@ class Stack:
     def api_url(self) -> str:
         return f"http://{HOST}:{self.stack.api_port}"
 
+    @property
+    def workspace(self) -> Path:
+        """The workspace of the webserver and the daemon: the stack's code server."""
+        return self.state_dir / "workspace.yaml"
+
     def dsn(self, database: str) -> str:
         return dsn(self.settings, database)
 
+    def write_workspace(self) -> Path:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.workspace.write_text(
+            "load_from:\n  - grpc_server:\n"
+            f"      host: {HOST}\n      port: {self.stack.code_server_port}\n"
+            f"      location_name: {LOCATION}\n"
+        )
+        return self.workspace
+
     def environment(self) -> dict[str, str]:
-        """The services' environment: the caller's, pointed at this stack's servers."""
+        """The services' environment: the caller's, with every StreamFlow setting of this stack
+        (a script's Settings reach the services as they are), pointed at its servers."""
         s = self.settings
         env = dict(os.environ)
+        env.update(settings_env(s))
         env.update(
             {
-                "STREAMFLOW_PROFILE": s.profile,
-                "STREAMFLOW_DATA_DIR": str(s.data_dir),
                 "STREAMFLOW_MLFLOW_TRACKING_URI": self.tracking_uri,
                 "STREAMFLOW_DAGSTER_UI_URL": self.dagster_url,
                 "DAGSTER_HOME": str(self.dagster_home),
@@ -121,8 +143,9 @@ class Stack:
 
     def services(self) -> list[Service]:
         bin_dir = Path(sys.executable).parent
-        workspace = str(self.stack.workspace)
+        workspace = str(self.workspace)
         daemon = [str(bin_dir / "dagster-daemon"), "run", "-w", workspace]
+        code_port = str(self.stack.code_server_port)
         return [
             Service(
                 "mlflow",
@@ -143,19 +166,32 @@ class Stack:
                 ],
                 f"{self.tracking_uri}/health",
             ),
+            # The code location, loaded once (Feast, MLflow and scikit-learn take a minute to
+            # import on a busy two-core machine); the runs it launches are its children.
+            Service(
+                CODE_SERVER,
+                [str(bin_dir / "dagster"), "code-server", "start", "-h", HOST, "-p", code_port]
+                + ["-m", "streamflow_assets.definitions", "--location-name", LOCATION],
+                # Dagster's code server binds its port once the code is loaded.
+                f"tcp://{HOST}:{code_port}",
+            ),
             Service(
                 "dagster-webserver",
                 [str(bin_dir / "dagster-webserver"), "-h", HOST, "-p", str(self.stack.dagster_port)]
                 + ["-w", workspace],
                 f"{self.dagster_url}/server_info",
+                needs=(CODE_SERVER,),
             ),
-            Service("dagster-daemon", daemon, None),
+            Service("dagster-daemon", daemon, None, needs=(CODE_SERVER,)),
             *self.workers(),
+            # The API loads the champion model at startup: after the tracking server answers
+            # (else it starts not ready and waits for its next registry poll).
             Service(
                 "api",
                 [str(bin_dir / "streamflow"), "serve", "--host", HOST]
                 + ["--port", str(self.stack.api_port)],
                 f"{self.api_url}/health",
+                needs=("mlflow",),
             ),
         ]
 
@@ -174,6 +210,18 @@ def dsn(settings: Settings, database: str) -> str:
     auth = f"{user}:{password}" if password else user
     host = f"{settings.postgres_host}:{settings.postgres_port}"
     return f"postgresql://{auth}@{host}/{quote(database, safe='')}"
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Every setting as the `STREAMFLOW_*` variable that sets it (unset ones left out)."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[f"STREAMFLOW_{name.upper()}"] = str(value)
+    return env
 
 
 def build_stack(settings: Settings | None = None, stack: StackSettings | None = None) -> Stack:
@@ -219,11 +267,7 @@ def ensure_system_servers(timeout: float = 60.0) -> None:
 
 
 def _port_answers(port: int) -> bool:
-    try:
-        socket.create_connection((HOST, port), timeout=2).close()
-    except OSError:
-        return False
-    return True
+    return _answers(f"tcp://{HOST}:{port}")
 
 
 def _postgres_answers(settings: Settings) -> bool:
@@ -427,6 +471,13 @@ def supervisor(stack: Stack) -> Supervisor:
 
 
 def _answers(url: str) -> bool:
+    if url.startswith("tcp://"):
+        host, port = url.removeprefix("tcp://").rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), timeout=2).close()
+        except OSError:
+            return False
+        return True
     try:
         with urllib.request.urlopen(url, timeout=2):
             return True
@@ -457,20 +508,24 @@ def up(stack: Stack, names: Sequence[str] = SERVICES) -> dict[str, int]:
     if created:
         print(f"created databases: {', '.join(created)}")
     prepare_dagster_home(stack)
+    stack.write_workspace()
     processes = supervisor(stack)
     processes.ensure_daemon(stack.environment())
     already = processes.running()
     for name in already:
         if name in names:
             print(f"{name:<18} already running (pid {already[name]})")
-    services = [s for s in processes.services if s.name in names and s.name not in already]
+    wanted = with_needs(processes.services, names)
+    pending = [s for s in processes.services if s.name in wanted and s.name not in already]
     deadline = time.monotonic() + stack.stack.start_timeout_seconds
-    # The API loads the champion model at startup: it comes after the tracking server answers
-    # (else it starts not ready and waits for its next registry poll).
-    waves = [[s for s in services if s.name != "api"], [s for s in services if s.name == "api"]]
+    ready = set(already)
     started: dict[str, int] = {}
     try:
-        for wave in waves:
+        # In waves: each service once the services it needs answer, those of a wave together.
+        while pending:
+            wave = [s for s in pending if set(s.needs) <= ready]
+            if not wave:
+                raise RuntimeError(f"services that need what never starts: {pending}")
             for service in wave:
                 started[service.name] = processes.start(service)
             for service in wave:
@@ -478,11 +533,25 @@ def up(stack: Stack, names: Sequence[str] = SERVICES) -> dict[str, int]:
                 print(
                     f"{service.name:<18} pid {started[service.name]:<8} {service.ready_url or ''}"
                 )
+            ready.update(s.name for s in wave)
+            pending = [s for s in pending if s not in wave]
     except BaseException:
         processes.stop(list(started))
         raise
     print(f"logs in {stack.state_dir}; `supervisorctl -c {processes.config} status`")
     return started
+
+
+def with_needs(services: Sequence[Service], names: Iterable[str]) -> set[str]:
+    """`names` and every service they need, directly or not."""
+    needs = {service.name: service.needs for service in services}
+    wanted, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo.extend(needs.get(name, ()))
+    return wanted
 
 
 def down(stack: Stack) -> list[str]:

@@ -13,10 +13,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
 
 from streamflow_assets.cli import dagster_postgres_env, prepare_dagster_home
 from streamflow_assets.core.settings import Settings
-from streamflow_assets.stack import Service, Stack, StackSettings, Supervisor
+from streamflow_assets.stack import (
+    CODE_SERVER,
+    Service,
+    Stack,
+    StackSettings,
+    Supervisor,
+    with_needs,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What `dagster-webserver`, `dagster-daemon` and `dagster dev` do at startup
@@ -194,3 +202,44 @@ def test_down_under_another_profile_stops_the_programs_it_does_not_know_too(stac
         assert not any(alive(pid) for pid in pids)
     finally:
         cluster.shutdown()
+
+
+def test_the_webserver_and_the_daemon_use_the_stacks_one_code_server(stack: Stack) -> None:
+    ours = Stack(stack.settings, StackSettings(code_server_port=4567))
+    services = {service.name: service for service in ours.services()}
+    code = services[CODE_SERVER]
+    assert code.command[1:3] == ["code-server", "start"]
+    assert code.command[code.command.index("-p") + 1] == "4567"
+    assert code.command[code.command.index("-m") + 1] == "streamflow_assets.definitions"
+    workspace = yaml.safe_load(ours.write_workspace().read_text())
+    assert workspace == {
+        "load_from": [
+            {"grpc_server": {"host": "127.0.0.1", "port": 4567, "location_name": "streamflow"}}
+        ]
+    }
+    for name in ("dagster-webserver", "dagster-daemon"):
+        command = services[name].command
+        assert command[command.index("-w") + 1] == str(ours.workspace)
+        # Started after the code server answers, and with it when asked for alone.
+        assert services[name].needs == (CODE_SERVER,)
+        assert with_needs(services.values(), [name]) == {name, CODE_SERVER}
+
+
+def test_a_scripts_settings_reach_the_services_whatever_the_callers_environment(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMFLOW_POSTGRES_DB", "the_callers")
+    monkeypatch.setenv("STREAMFLOW_REDIS_DB", "3")
+    settings = Settings(
+        data_dir=stack.settings.data_dir,
+        profile="cluster",
+        postgres_db="the_scripts",
+        redis_db=9,
+        celery_broker="amqp://guest:guest@127.0.0.1:5672/vhost",
+        seeds_dir=Path("/seeds/here"),
+    )
+    env = Stack(settings, StackSettings()).environment()
+    assert (env["STREAMFLOW_POSTGRES_DB"], env["STREAMFLOW_REDIS_DB"]) == ("the_scripts", "9")
+    assert env["STREAMFLOW_CELERY_BROKER"] == "amqp://guest:guest@127.0.0.1:5672/vhost"
+    assert env["STREAMFLOW_SEEDS_DIR"] == "/seeds/here"
+    assert env["STREAMFLOW_PROFILE"] == "cluster"
