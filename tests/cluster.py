@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -116,3 +117,30 @@ def dagster_home(settings: Settings, path: Path, database: str) -> dict[str, str
     path.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(dagster_yaml("cluster"), path / "dagster.yaml")
     return {"DAGSTER_HOME": str(path), **dagster_postgres_env(settings, database)}
+
+
+# What a step leaves in its process (pandas' and glibc's freed-but-kept memory, a module cache):
+# here, on purpose, a block kept by the module of the job below.
+KEPT: list[bytearray] = []
+KEPT_MB = 400
+
+
+def keeping_job():
+    """A one-step job on the cluster profile's executor whose step keeps KEPT_MB in its process
+    and returns its pid; rebuilt by the worker from this module (`reconstructable`)."""
+    from dagster import job, op
+
+    from streamflow_assets.core.celery import executor_config
+    from streamflow_assets.core.settings import get_settings
+    from streamflow_assets.executors import checked_celery_executor
+
+    @op
+    def keep_memory() -> int:
+        KEPT.append(bytearray(os.urandom(1024)) * (KEPT_MB * 1024))
+        return os.getpid()
+
+    @job(executor_def=checked_celery_executor.configured(executor_config(get_settings())))
+    def keeping():
+        keep_memory()
+
+    return keeping

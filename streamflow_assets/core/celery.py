@@ -34,6 +34,8 @@ def executor_config(settings: Settings) -> dict[str, Any]:
             "broker_connection_retry_on_startup": True,
             "broker_connection_timeout": 5,
             "worker_hijack_root_logger": False,
+            # In KiB; checked against the pool process's RSS after each step.
+            "worker_max_memory_per_child": settings.celery_worker_max_memory_mb * 1024,
         },
     }
 

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     redis_timeout_seconds: float = 2.0
     celery_broker: str = "amqp://guest:guest@127.0.0.1:5672//"
     celery_backend: str | None = None
+    # A worker's pool process that holds more than this after a step is replaced by a fresh one
+    # (celery's worker_max_memory_per_child), so a worker returns to its baseline instead of
+    # keeping what its last step read; under it, the process keeps its imports for the next step.
+    celery_worker_max_memory_mb: int = Field(default=600, gt=0)
 
     @field_validator("data_dir", "seeds_dir", "feature_repo")
     @classmethod

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
+from dagster import DagsterInstance, execute_job, reconstructable
 
 from streamflow_assets.core.celery import (
     BrokerUnreachable,
@@ -14,8 +17,19 @@ from streamflow_assets.core.celery import (
     executor_config,
     write_worker_config,
 )
-from streamflow_assets.core.settings import Settings
-from tests.profiles import free_port
+from streamflow_assets.core.settings import Settings, get_settings
+from tests.cluster import (
+    KEPT_MB,
+    celery_workers,
+    dagster_home,
+    group_pids,
+    keeping_job,
+    rabbitmq_vhost,
+    redis_db,
+    require_servers,
+)
+from tests.conftest import child_env
+from tests.profiles import free_port, throwaway_databases
 
 
 def test_a_closed_broker_port_fails_at_once_naming_the_broker_without_its_password() -> None:
@@ -38,3 +52,58 @@ def test_workers_read_the_config_the_runs_use(tmp_path: Path) -> None:
     assert written == {"execution": {"config": executor_config(settings)}}
     assert written["execution"]["config"]["backend"] == "redis://127.0.0.1:6379/7"
     assert written["execution"]["config"]["config_source"]["task_acks_late"] is True
+    # Celery reads the per-child limit in KiB.
+    limit = written["execution"]["config"]["config_source"]["worker_max_memory_per_child"]
+    assert limit == settings.celery_worker_max_memory_mb * 1024
+
+
+@pytest.mark.cluster
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_pool_process_that_keeps_memory_after_a_step_is_replaced_by_a_fresh_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real worker (`streamflow celery-worker`) on a vhost of its own, with the limit at half
+    of what the step keeps: the process that ran the step goes, a fresh one under it takes over."""
+    require_servers()
+    limit_mb = KEPT_MB // 2
+    with (
+        throwaway_databases("_dagster") as (database,),
+        rabbitmq_vhost() as broker,
+        redis_db() as db,
+    ):
+        variables = {
+            "STREAMFLOW_PROFILE": "cluster",
+            "STREAMFLOW_DATA_DIR": str(tmp_path / "data"),
+            "STREAMFLOW_CELERY_BROKER": broker,
+            "STREAMFLOW_REDIS_DB": str(db),
+            "STREAMFLOW_CELERY_WORKER_MAX_MEMORY_MB": str(limit_mb),
+        }
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        settings = get_settings()
+        home = dagster_home(settings, tmp_path / "dagster", database)
+        for name, value in home.items():
+            monkeypatch.setenv(name, value)
+        try:
+            with (
+                celery_workers(settings, child_env(**variables, **home), tmp_path, 1) as (worker,),
+                DagsterInstance.get() as instance,
+            ):
+                with execute_job(reconstructable(keeping_job), instance) as result:
+                    assert result.success
+                    step_pid = result.output_for_node("keep_memory")
+                assert step_pid != os.getpid()
+                # It exits once it has answered; celery's pool forks another in its place.
+                deadline = time.monotonic() + 60
+                while step_pid in group_pids(worker.process.pid):
+                    assert time.monotonic() < deadline, "the process that kept memory stayed"
+                    time.sleep(0.2)
+                others = group_pids(worker.process.pid) - {worker.process.pid}
+                assert others, "no pool process left"
+                assert all(
+                    psutil.Process(pid).memory_info().rss < limit_mb * 2**20 for pid in others
+                )
+        finally:
+            get_settings.cache_clear()
