@@ -21,6 +21,7 @@ from dagster import (
 from streamflow_assets.core.celery import BrokerUnreachable
 from streamflow_assets.executors import CELERY
 from streamflow_assets.jobs import MONTHLY_PIPELINE
+from streamflow_assets.resources import run_config_for
 
 # Every run records the process that executes it, so that a later pipeline can tell a run whose
 # process was killed (kill -9 leaves it STARTED forever, holding its pool slots) from a live one.
@@ -93,7 +94,12 @@ def run_month(
     started = time.perf_counter()
     selection = [AssetKey(name) for name in assets] if assets else None
     # The one-line summary is the console output; every event stays in the instance and UI.
-    quiet = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+    # The run carries this process's seeds location (and step limits) to every step: a celery
+    # worker uses them whatever its own environment says.
+    run_config = {
+        "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+        **run_config_for(defs.resources),
+    }
     # execute_in_process runs every step in this process whatever the job's executor; only the
     # celery executor's steps must run elsewhere, on its workers.
     if job.executor_def.name != CELERY:
@@ -104,7 +110,7 @@ def run_month(
             asset_selection=selection,
             raise_on_error=False,
             tags=process_tags(),
-            run_config=quiet,
+            run_config=run_config,
         )
     else:
         # Steps run in other processes (celery workers), which rebuild the job from the code
@@ -115,7 +121,7 @@ def run_month(
             result = execute_job(
                 reconstructable(monthly_pipeline_job),
                 instance,
-                run_config=quiet,
+                run_config=run_config,
                 tags={"dagster/partition": partition, **process_tags()},
                 asset_selection=selection,
             )

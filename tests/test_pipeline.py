@@ -1,13 +1,20 @@
-"""release_dead_runs: runs of killed `streamflow` processes are ended and their pool slots freed."""
+"""The pipeline's runs: what they carry to every step, and runs of killed `streamflow` processes
+ended with their pool slots freed."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
+from pathlib import Path
 
-from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_context
 
+from streamflow_assets.assets.ingestion import new_seed_month_sensor
 from streamflow_assets.assets.registry import PROMOTION_POOL
-from streamflow_assets.pipeline import process_tags, release_dead_runs
+from streamflow_assets.core.seeds import TABLES
+from streamflow_assets.definitions import build_definitions
+from streamflow_assets.pipeline import process_tags, release_dead_runs, run_month
+from streamflow_assets.resources import SeedsResource
 
 
 def started_run(instance: DagsterInstance, tags: dict[str, str], partition: str) -> DagsterRun:
@@ -57,3 +64,38 @@ def test_a_pid_given_to_another_process_is_not_taken_for_the_run(
     run = started_run(dagster_instance, reused, "2024-03")
     (released,) = release_dead_runs(dagster_instance)
     assert released.run_id == run.run_id
+
+
+def test_a_run_carries_the_launching_processs_seeds_location_and_limits(
+    settings_for, tmp_path: Path, real_seeds: Path, dagster_instance: DagsterInstance
+) -> None:
+    settings = settings_for(tmp_path / "data", real_seeds, chunk_rows=1234)
+    defs = build_definitions(settings)
+    outcome = run_month(defs, dagster_instance, "2024-01", ["feature_registry"])
+    assert outcome.success, outcome.error
+    carried = dagster_instance.get_run_by_id(outcome.run_id).run_config["resources"]
+    assert carried["seeds"] == {"config": {"seeds_dir": str(real_seeds)}}
+    assert carried["limits"]["config"]["chunk_rows"] == 1234
+
+
+def test_seeds_the_step_cannot_read_fail_the_month_naming_the_path_and_the_host(
+    settings_for, tmp_path: Path, dagster_instance: DagsterInstance
+) -> None:
+    missing = tmp_path / "not-mounted-here"
+    settings = settings_for(tmp_path / "data", missing)
+    snapshots = [table.snapshot for table in TABLES]
+    outcome = run_month(build_definitions(settings), dagster_instance, "2024-01", snapshots)
+    assert not outcome.success
+    assert f"the seeds location {missing} is not a readable directory" in outcome.error
+    assert f"on host {socket.gethostname()}" in outcome.error
+
+
+def test_the_new_month_sensor_asks_for_a_run_of_the_folder_it_saw(
+    tmp_path: Path, dagster_instance: DagsterInstance
+) -> None:
+    (tmp_path / "month_000").mkdir()
+    seeds = SeedsResource(seeds_dir=str(tmp_path))
+    context = build_sensor_context(instance=dagster_instance, resources={"seeds": seeds})
+    (request,) = new_seed_month_sensor(context).run_requests
+    assert request.partition_key == "2024-01"
+    assert request.run_config == {"resources": {"seeds": {"config": {"seeds_dir": str(tmp_path)}}}}

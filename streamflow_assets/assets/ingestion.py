@@ -29,7 +29,7 @@ from streamflow_assets.core.seeds import (
 )
 from streamflow_assets.jobs import MONTHLY_PIPELINE
 from streamflow_assets.partitions import monthly_partitions
-from streamflow_assets.resources import SeedsResource, SnapshotsResource
+from streamflow_assets.resources import SeedsResource, SnapshotsResource, run_config_for
 
 # Warn when a table's row count moves more than this fraction against the previous month.
 ROW_COUNT_CHANGE_WARNING = 0.2
@@ -159,9 +159,15 @@ def new_seed_month_sensor(context: SensorEvaluationContext, seeds: SeedsResource
     if not new:
         return SkipReason(f"no new month folder in {seeds.seeds_dir}")
     # Keyed by the folder's content version: a month still being ingested is not requested
-    # twice, while a folder fixed after a failed run is requested again.
+    # twice, while a folder fixed after a failed run is requested again. The run reads the
+    # folder this sensor saw, on every worker.
     return SensorResult(
         run_requests=[
-            RunRequest(partition_key=key, run_key=f"{key}@{seeds.version(key)}") for key in new
+            RunRequest(
+                partition_key=key,
+                run_key=f"{key}@{seeds.version(key)}",
+                run_config=run_config_for({"seeds": seeds}),
+            )
+            for key in new
         ]
     )

@@ -1,5 +1,8 @@
 """Dagster resources; `build_resources` is the one place a profile picks its implementations."""
 
+from collections.abc import Mapping
+from typing import Any
+
 from dagster import ConfigurableResource, EnvVar
 
 from streamflow_assets.core.settings import Settings
@@ -32,7 +35,12 @@ __all__ = [
     "SeedsResource",
     "SnapshotsResource",
     "build_resources",
+    "run_config_for",
 ]
+
+# Resources whose configuration belongs to the run, not to the environment of the process that
+# runs a step: a run launched with them in its run config uses them on every celery worker.
+RUN_RESOURCES = ("seeds", "limits")
 
 
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
@@ -77,6 +85,18 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         "limits": LimitsResource(
             train_max_rows=settings.train_max_rows, chunk_rows=settings.chunk_rows
         ),
+    }
+
+
+def run_config_for(resources: Mapping[str, ConfigurableResource]) -> dict[str, Any]:
+    """The run config that carries these resources' settings (those of RUN_RESOURCES) to every
+    step of the run, wherever it runs."""
+    return {
+        "resources": {
+            key: {"config": resource.model_dump()}
+            for key, resource in resources.items()
+            if key in RUN_RESOURCES
+        }
     }
 
 

@@ -1,5 +1,7 @@
 """The seeds directory: one `month_NNN/` folder of six CSVs per monthly partition."""
 
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -7,6 +9,11 @@ import pandas as pd
 from dagster import ConfigurableResource
 
 from streamflow_assets.core import months, seeds
+
+
+class SeedsUnreadable(FileNotFoundError):
+    """The process running a step cannot read the run's seeds location (on a cluster: a worker
+    whose host does not share it at that path)."""
 
 
 class SeedsResource(ConfigurableResource):
@@ -27,4 +34,19 @@ class SeedsResource(ConfigurableResource):
 
     def iter_month(self, partition_key: str) -> Iterator[tuple[str, pd.DataFrame]]:
         """The month's validated tables one at a time (`core.seeds.iter_month`)."""
+        self._check_readable(self.folder(partition_key))
         return seeds.iter_month(self.folder(partition_key))
+
+    def _check_readable(self, folder: Path) -> None:
+        # Checked where the step runs, which on the cluster profile is any worker's host.
+        root = Path(self.seeds_dir)
+        if not os.access(root, os.R_OK | os.X_OK) or not root.is_dir():
+            problem = f"the seeds location {root} is not a readable directory"
+        elif not folder.is_dir():
+            problem = f"no seeds folder for this month: looked for {folder}"
+        else:
+            return
+        raise SeedsUnreadable(
+            f"{problem} on host {socket.gethostname()} (pid {os.getpid()}); every process that "
+            "runs steps must read the run's seeds location at this path"
+        )
