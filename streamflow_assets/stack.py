@@ -60,7 +60,9 @@ class StackSettings(BaseSettings):
     api_port: int = 8000
     mlflow_db: str = "mlflow"
     dagster_db: str = "dagster"
-    mlflow_workers: int = 2
+    # One uvicorn worker serves a one-user stack (MLflow's app runs requests in threads); each
+    # more is another full MLflow import (about 270 MB) besides the `mlflow server` process.
+    mlflow_workers: int = 1
     start_timeout_seconds: float = 180.0
     stop_timeout_seconds: float = 60.0
 
