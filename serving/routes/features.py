@@ -23,7 +23,7 @@ async def features(
     user_id: Annotated[str, Path(pattern=USER_ID_PATTERN)], state: State, reader: Features
 ) -> FeaturesResponse:
     """The user's 14 online features, each view's event time, and whether they are stale."""
-    read = reader.read([user_id])
+    read = await reader.read_async([user_id])
     missing = read.missing_features(0)
     if missing:
         state.metrics.unknown_users.inc()
