@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from feast.entity import Entity
 from feast.feature_view import FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3, compute_table_id
@@ -50,8 +51,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg import Connection, Cursor, sql
 
 WriteBatch = Sequence[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]
-# (entity_key, feature_name, serialized value, event_ts, created_ts)
-Row = tuple[bytes, str, bytes, Any, Any]
+# One entity's row of a view: (entity_key, event_ts, created_ts, then a serialized value per
+# feature name, None for a feature not offered). One row an entity, not one a feature: the
+# PostgreSQL store stages a month with one COPY row per user.
+Row = tuple[Any, ...]
 
 
 def _quote_id(identifier: str) -> str:
@@ -98,15 +101,26 @@ class _Monotonic:
         raise NotImplementedError
 
     def _upsert(
-        self, handle: Any, config: RepoConfig, view: FeatureView, rows: Iterable[Row]
-    ) -> int:
-        """Write rows whose event time is not older than the stored one; rows changed."""
+        self,
+        handle: Any,
+        config: RepoConfig,
+        view: FeatureView,
+        names: Sequence[str],
+        rows: Iterable[Row],
+    ) -> tuple[int, int]:
+        """Write the values whose event time is not older than the stored one.
+
+        Returns (accepted, changed): values not older than the stored ones, and of those the
+        ones the store wrote (a store may skip a value that is already stored)."""
         raise NotImplementedError
 
-    def _stats(self, changed: int, rows: int, entities: int) -> WriteStats:
+    def _after_commit(self, config: RepoConfig, changed: Sequence[FeatureView]) -> None:
+        """Housekeeping once a write committed, on the views whose rows it changed."""
+
+    def _stats(self, accepted: int, values: int, entities: int) -> WriteStats:
         # Every feature of an entity carries the same event time: all are replaced or none.
-        per_entity = max(1, rows // max(1, entities))
-        return WriteStats(offered=entities, written=changed // per_entity)
+        per_entity = max(1, values // max(1, entities))
+        return WriteStats(offered=entities, written=accepted // per_entity)
 
     def online_write_batch(
         self,
@@ -117,20 +131,20 @@ class _Monotonic:
     ) -> None:
         """Feast's own write (`feast materialize`, `write_to_online_store`), guarded."""
         version = config.entity_key_serialization_version
+        names = sorted({name for _, values, _, _ in data for name in values})
         rows = [
             (
                 serialize_entity_key(key, entity_key_serialization_version=version),
-                feature,
-                value.SerializeToString(),
                 self._timestamp(event_ts),
                 self._timestamp(created_ts) if created_ts else None,
+                *(values[name].SerializeToString() if name in values else None for name in names),
             )
             for key, values, event_ts, created_ts in data
-            for feature, value in values.items()
         ]
         if rows:
             with self._transaction(config) as handle:
-                self._upsert(handle, config, table, rows)
+                _, changed = self._upsert(handle, config, table, names, rows)
+            self._after_commit(config, [table] if changed else [])
         if progress:
             progress(len(data))
 
@@ -140,7 +154,7 @@ class _Monotonic:
         """Write a snapshot's views, already serialized and sharing one event time, in one
         transaction; `views` may be a generator, so that one view at a time is in memory."""
         event, created = self._timestamp(event_ts), self._timestamp(datetime.now(UTC))
-        stats = {}
+        stats, rewritten = {}, []
         with self._transaction(config) as handle:
             for encoded in views:
                 names = sorted(encoded.values)
@@ -148,13 +162,15 @@ class _Monotonic:
                 # A generator, not a list: the backends stream it (executemany, COPY), so a
                 # month of a million users never exists as millions of row tuples at once.
                 rows = (
-                    (key, name, value, event, created)
-                    for key, *row in zip(encoded.entity_keys, *columns, strict=True)
-                    for name, value in zip(names, row, strict=True)
+                    (key, event, created, *values)
+                    for key, *values in zip(encoded.entity_keys, *columns, strict=True)
                 )
-                changed = self._upsert(handle, config, encoded.view, rows)
+                accepted, changed = self._upsert(handle, config, encoded.view, names, rows)
                 entities = len(encoded.entity_keys)
-                stats[encoded.view.name] = self._stats(changed, entities * len(names), entities)
+                stats[encoded.view.name] = self._stats(accepted, entities * len(names), entities)
+                if changed:
+                    rewritten.append(encoded.view)
+        self._after_commit(config, rewritten)
         return stats
 
 
@@ -179,8 +195,13 @@ class MonotonicSqliteOnlineStore(_Monotonic, SqliteOnlineStore):
             yield conn
 
     def _upsert(
-        self, handle: sqlite3.Connection, config: RepoConfig, view: FeatureView, rows: Iterable[Row]
-    ) -> int:
+        self,
+        handle: sqlite3.Connection,
+        config: RepoConfig,
+        view: FeatureView,
+        names: Sequence[str],
+        rows: Iterable[Row],
+    ) -> tuple[int, int]:
         # value_text is left empty: only Feast's document-search filters read it.
         upsert = (
             f"INSERT INTO {_quote_id(_table(config, view))} AS stored "
@@ -189,7 +210,15 @@ class MonotonicSqliteOnlineStore(_Monotonic, SqliteOnlineStore):
             "event_ts = excluded.event_ts, created_ts = excluded.created_ts "
             "WHERE excluded.event_ts >= stored.event_ts"
         )
-        return handle.executemany(upsert, rows).rowcount
+        values = (
+            (key, name, value, event, created)
+            for key, event, created, *row in rows
+            for name, value in zip(names, row, strict=True)
+            if value is not None
+        )
+        # SQLite rewrites an equal row too: every value accepted is a value written.
+        written = handle.executemany(upsert, values).rowcount
+        return written, written
 
     def newest_event_time(self, config: RepoConfig, view: FeatureView) -> datetime | None:
         """The newest event time any entity of a feature view holds online."""
@@ -199,6 +228,10 @@ class MonotonicSqliteOnlineStore(_Monotonic, SqliteOnlineStore):
         return convert_timestamp(str(newest).encode()).replace(tzinfo=UTC) if newest else None
 
 
+# Percent of a page that inserts fill: the rest takes the next month's versions of its rows.
+_FILLFACTOR = 45
+
+
 class MonotonicPostgreSQLOnlineStoreConfig(PostgreSQLOnlineStoreConfig):
     type: Literal["streamflow_assets.core.online_store.MonotonicPostgreSQLOnlineStore"] = (  # type: ignore[assignment]
         "streamflow_assets.core.online_store.MonotonicPostgreSQLOnlineStore"
@@ -206,7 +239,36 @@ class MonotonicPostgreSQLOnlineStoreConfig(PostgreSQLOnlineStoreConfig):
 
 
 class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
-    """Postgres profile: rows are copied into a temporary table, then merged with the guard."""
+    """Postgres profile: a view's rows are copied into a temporary table (one binary COPY row per
+    entity), then merged in one guarded statement that skips values already stored.
+
+    A month rewrites every row of Feast's tables. Left to itself that doubles them each month
+    (the old versions stay as dead tuples, and every index gets a new entry). So the tables keep
+    free room on each page (fillfactor): the update of a row lands on its own page and leaves
+    the indexes alone (a HOT update), and a VACUUM after the commit frees the old versions'
+    room for the next month. A re-run of a month writes no new row version at all.
+    """
+
+    def update(
+        self,
+        config: RepoConfig,
+        tables_to_delete: Sequence[FeatureView],
+        tables_to_keep: Sequence[FeatureView],
+        entities_to_delete: Sequence[Entity],
+        entities_to_keep: Sequence[Entity],
+        partial: bool,
+    ) -> None:
+        """Feast's tables, each with room on its pages for the next month's row versions."""
+        super().update(
+            config, tables_to_delete, tables_to_keep, entities_to_delete, entities_to_keep, partial
+        )
+        with self._get_conn(config, autocommit=True) as conn:
+            for view in tables_to_keep:
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} SET (fillfactor = {})").format(
+                        sql.Identifier(_table(config, view)), sql.Literal(_FILLFACTOR)
+                    )
+                )
 
     @contextlib.contextmanager
     def _get_conn(self, config: RepoConfig, autocommit: bool = False) -> Iterator[Connection]:
@@ -228,32 +290,75 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
             yield cur
 
     def _upsert(
-        self, handle: Cursor, config: RepoConfig, view: FeatureView, rows: Iterable[Row]
-    ) -> int:
+        self,
+        handle: Cursor,
+        config: RepoConfig,
+        view: FeatureView,
+        names: Sequence[str],
+        rows: Iterable[Row],
+    ) -> tuple[int, int]:
         target = sql.Identifier(_table(config, view))
-        columns = sql.SQL("entity_key, feature_name, value, event_ts, created_ts")
+        columns = [sql.Identifier(f"value_{index}") for index in range(len(names))]
         # Dropped after the merge, not at commit: the next view of the month, in the same
         # transaction, stages its rows under the same name.
         handle.execute(
-            sql.SQL("CREATE TEMP TABLE incoming AS SELECT {} FROM {} WITH NO DATA").format(
-                columns, target
-            )
+            sql.SQL(
+                "CREATE TEMP TABLE incoming (entity_key bytea, event_ts timestamptz, "
+                "created_ts timestamptz, {})"
+            ).format(sql.SQL(", ").join(sql.SQL("{} bytea").format(c) for c in columns))
         )
-        with handle.copy(sql.SQL("COPY incoming ({}) FROM STDIN").format(columns)) as copy:
+        offered = 0
+        with handle.copy("COPY incoming FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["bytea", "timestamptz", "timestamptz", *["bytea"] * len(names)])
             for row in rows:
                 copy.write_row(row)
+                offered += len(names) - row[3:].count(None)
+        # The staged rows as Feast's table holds them: one per entity and feature offered.
+        values = sql.SQL(
+            "FROM incoming CROSS JOIN LATERAL (VALUES {}) AS offered (feature_name, value) "
+            "WHERE offered.value IS NOT NULL"
+        ).format(
+            sql.SQL(", ").join(
+                sql.SQL("({}, {})").format(sql.Literal(name), column)
+                for name, column in zip(names, columns, strict=True)
+            )
+        )
         handle.execute(
             sql.SQL(
-                "INSERT INTO {target} AS stored ({columns}) SELECT {columns} FROM incoming "
+                "INSERT INTO {target} AS stored "
+                "(entity_key, feature_name, value, event_ts, created_ts) "
+                "SELECT entity_key, feature_name, value, event_ts, created_ts {values} "
                 "ON CONFLICT (entity_key, feature_name) DO UPDATE SET "
                 "value = EXCLUDED.value, event_ts = EXCLUDED.event_ts, "
                 "created_ts = EXCLUDED.created_ts "
-                "WHERE EXCLUDED.event_ts >= stored.event_ts"
-            ).format(target=target, columns=columns)
+                # Newer replaces; equal replaces only a different value (a corrected re-run),
+                # so that a plain re-run writes nothing.
+                "WHERE EXCLUDED.event_ts > stored.event_ts OR (EXCLUDED.event_ts = "
+                "stored.event_ts AND EXCLUDED.value IS DISTINCT FROM stored.value)"
+            ).format(target=target, values=values)
         )
-        changed = handle.rowcount
+        changed, older = handle.rowcount, 0
+        if changed < offered:
+            # Values left as they were are older or already stored: count the older ones. The
+            # merge locked every row it met, so no one else has changed them since.
+            handle.execute(
+                sql.SQL(
+                    "SELECT count(*) {values} AND EXISTS (SELECT FROM {target} AS stored "
+                    "WHERE stored.entity_key = incoming.entity_key AND "
+                    "stored.feature_name = offered.feature_name AND "
+                    "stored.event_ts > incoming.event_ts)"
+                ).format(target=target, values=values)
+            )
+            (older,) = handle.fetchone()
         handle.execute("DROP TABLE incoming")
-        return changed
+        return offered - older, changed
+
+    def _after_commit(self, config: RepoConfig, changed: Sequence[FeatureView]) -> None:
+        # Not VACUUM FULL: no lock against readers; it frees the replaced versions' room on
+        # each page for the next write (this server may run no autovacuum at all).
+        with self._get_conn(config, autocommit=True) as conn:
+            for view in changed:
+                conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(_table(config, view))))
 
     def newest_event_time(self, config: RepoConfig, view: FeatureView) -> datetime | None:
         query = sql.SQL("SELECT max(event_ts) FROM {}").format(sql.Identifier(_table(config, view)))
@@ -310,9 +415,11 @@ if written > 0 and not_older(redis.call('GET', KEYS[n + 1])) then
 end
 return written
 """
-# Entities per script call: big enough to amortise the round trip, small enough that one call
-# holds the (shared) server for about a millisecond.
+# Entities per script call: small enough that one call holds the (shared) server for about a
+# millisecond. Calls per pipeline: the round trips are paid once per this many calls, not per
+# call (bench/online_write.py --redis-batches measured both; bench/reports/online_write.md).
 _REDIS_CHUNK = 500
+_REDIS_PIPELINE = 16
 
 
 class MonotonicRedisOnlineStoreConfig(RedisOnlineStoreConfig):
@@ -350,13 +457,17 @@ class MonotonicRedisOnlineStore(RedisOnlineStore):
         newest = newest_key(config, view)
         columns = [values[feature] for feature in features]
         written = 0
+        # Not a MULTI transaction: each call stays atomic on its own, as without the pipeline.
+        pipe = client.pipeline(transaction=False)
         for start in range(0, len(entity_keys), _REDIS_CHUNK):
             chunk = slice(start, start + _REDIS_CHUNK)
             keys = [key + project for key in entity_keys[chunk]]
             rows = zip(*(column[chunk] for column in columns), strict=True)
             cells = [value for row in rows for value in row]
-            written += script(keys=[*keys, newest], args=[*head, *cells])
-        return written
+            script(keys=[*keys, newest], args=[*head, *cells], client=pipe)
+            if len(pipe) >= _REDIS_PIPELINE:
+                written += sum(pipe.execute())
+        return written + sum(pipe.execute())
 
     def write_encoded(
         self, config: RepoConfig, views: Iterable[EncodedView], event_ts: datetime

@@ -100,3 +100,15 @@ def test_feasts_own_write_path_is_guarded_alike(config) -> None:
     ]
     MonotonicRedisOnlineStore().online_write_batch(config, VIEW, rows, None)
     assert read(config, ["a", "c"]) == [(FEBRUARY, 2), (JANUARY, 7)]
+
+
+def test_counts_and_guard_hold_across_script_calls_and_pipelines(config, monkeypatch) -> None:
+    """Two users a script call and three calls a pipeline: 11 users take four pipelines, the
+    last one partly filled, and every call's count is summed."""
+    monkeypatch.setattr("streamflow_assets.core.online_store._REDIS_CHUNK", 2)
+    monkeypatch.setattr("streamflow_assets.core.online_store._REDIS_PIPELINE", 3)
+    users = [f"user-{n}" for n in range(11)]
+    write(config, users[::2], 2, FEBRUARY)  # every other user is newer online
+    stats = write(config, users, 1, JANUARY)
+    assert (stats.offered, stats.written, stats.skipped_as_older) == (11, 5, 6)
+    assert read(config, users) == [(FEBRUARY, 2), (JANUARY, 1)] * 5 + [(FEBRUARY, 2)]
