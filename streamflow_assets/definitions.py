@@ -5,13 +5,11 @@ from dagster import Definitions, JobDefinition
 from streamflow_assets.assets.features import (
     feature_registry,
     online_features,
-    training_checks,
     training_dataset,
 )
 from streamflow_assets.assets.ingestion import (
     monthly_snapshots,
     new_seed_month_sensor,
-    snapshot_checks,
 )
 from streamflow_assets.assets.model_monitoring import monitoring_assets, retraining_sensor
 from streamflow_assets.assets.monitoring import (
@@ -40,8 +38,6 @@ def build_definitions(settings: Settings) -> Definitions:
             *monitoring_assets,
         ],
         asset_checks=[
-            *snapshot_checks,
-            *training_checks,
             candidate_scores_online_features,
             *freshness_checks,
         ],

@@ -1,16 +1,17 @@
 """Features: the Feast registry, the online store a month at a time, point-in-time training sets."""
 
 import hashlib
+from collections.abc import Iterator, Mapping
+from datetime import datetime
 
 import pandas as pd
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetCheckSpec,
     AssetExecutionContext,
     MaterializeResult,
     MetadataValue,
     asset,
-    asset_check,
 )
 
 from streamflow_assets.core import months
@@ -24,6 +25,7 @@ from streamflow_assets.core.features import (
     snapshot_mismatches,
     with_stored_dtypes,
 )
+from streamflow_assets.core.snapshots import SnapshotStore
 from streamflow_assets.freshness import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import FeatureStoreResource, SnapshotsResource
@@ -104,31 +106,58 @@ def content_hash(df: pd.DataFrame) -> str:
     return digest.hexdigest()[:16]
 
 
+ROWS_MATCH_LABELS = "training_rows_match_labels"
+POINT_IN_TIME = "training_features_point_in_time"
+NOT_ALL_NULL = "training_features_not_all_null"
+_TRAINING_CHECKS = {
+    ROWS_MATCH_LABELS: "One training row per labelled user of the month.",
+    POINT_IN_TIME: "No leakage: features are the month's own snapshot, never a later month's.",
+    NOT_ALL_NULL: "Every feature has values: an entirely empty column means a broken join.",
+}
+
+
 @asset(
     group_name="features",
     kinds={"feast", "pandas"},
     partitions_def=monthly_partitions,
     deps=[feature_registry, LABELS_TABLE, *_FEATURE_TABLES],
+    check_specs=[
+        AssetCheckSpec(
+            name,
+            asset=TRAINING_TABLE,
+            blocking=True,
+            partitions_def=monthly_partitions,
+            description=description,
+        )
+        for name, description in _TRAINING_CHECKS.items()
+    ],
 )
 def training_dataset(
     context: AssetExecutionContext,
     feature_store: FeatureStoreResource,
     snapshots: SnapshotsResource,
 ) -> MaterializeResult:
-    """The month's labelled users with their features joined point-in-time at as_of by Feast."""
+    """The month's labelled users with their features joined point-in-time at as_of by Feast.
+
+    Its checks are evaluated here on the rows just built, not on a read of what was written.
+    """
     as_of = months.as_of(context.partition_key)
     tables = snapshots.store()
     labels = tables.read(LABELS_TABLE, as_of)
     entities = pd.DataFrame(
         {JOIN_KEY: labels[JOIN_KEY], "event_timestamp": labels["as_of"], LABEL: labels[LABEL]}
     )
+    labelled = labels[JOIN_KEY]
+    del labels
     store = feature_store.open()
     joined = store.get_historical_features(
         entity_df=entities, features=store.get_feature_service(FEATURE_SERVICE)
     ).to_df()
+    del entities
     dataset = with_stored_dtypes(
         joined[[JOIN_KEY, *FEATURE_NAMES, LABEL]].sort_values(JOIN_KEY, ignore_index=True)
     )
+    del joined
     tables.write_month(as_of, {TRAINING_TABLE: dataset})
     nulls = dataset[FEATURE_NAMES].isna().sum()
     return MaterializeResult(
@@ -140,70 +169,56 @@ def training_dataset(
             "features": ", ".join(FEATURE_NAMES),
             "null_counts": {name: int(n) for name, n in nulls.items()},
             "content_hash": content_hash(dataset),
-        }
+        },
+        check_results=[
+            _rows_match_labels(dataset, labelled),
+            _point_in_time(dataset, tables, as_of),
+            _not_all_null(nulls, len(dataset)),
+        ],
     )
 
 
-def _read_training(context: AssetCheckExecutionContext, snapshots: SnapshotsResource):
-    as_of = months.as_of(context.partition_key)
-    return as_of, snapshots.store(), snapshots.store().read(TRAINING_TABLE, as_of)
-
-
-@asset_check(
-    asset=training_dataset,
-    blocking=True,
-    partitions_def=monthly_partitions,
-    description="One training row per labelled user of the month.",
-)
-def training_rows_match_labels(context: AssetCheckExecutionContext, snapshots: SnapshotsResource):
-    as_of, tables, dataset = _read_training(context, snapshots)
-    labels = tables.read(LABELS_TABLE, as_of)
-    same_users = set(dataset[JOIN_KEY]) == set(labels[JOIN_KEY])
+def _rows_match_labels(dataset: pd.DataFrame, labelled: pd.Series) -> AssetCheckResult:
+    same_users = set(dataset[JOIN_KEY]) == set(labelled)
     return AssetCheckResult(
-        passed=len(dataset) == len(labels) and same_users,
-        metadata={"rows": len(dataset), "labels": len(labels), "same_users": same_users},
+        check_name=ROWS_MATCH_LABELS,
+        passed=len(dataset) == len(labelled) and same_users,
+        metadata={"rows": len(dataset), "labels": len(labelled), "same_users": same_users},
     )
 
 
-@asset_check(
-    asset=training_dataset,
-    blocking=True,
-    partitions_def=monthly_partitions,
-    description="No leakage: features are the month's own snapshot, never a later month's.",
-)
-def training_features_point_in_time(
-    context: AssetCheckExecutionContext, snapshots: SnapshotsResource
-):
+class _MonthSnapshots(Mapping[str, pd.DataFrame]):
+    """The month's feature snapshot tables, each read when asked for and let go after."""
+
+    def __init__(self, store: SnapshotStore, as_of: datetime):
+        self.store, self.as_of = store, as_of
+
+    def __getitem__(self, table: str) -> pd.DataFrame:
+        return self.store.read(table, self.as_of)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FEATURE_TABLES)
+
+    def __len__(self) -> int:
+        return len(_FEATURE_TABLES)
+
+
+def _point_in_time(dataset: pd.DataFrame, store: SnapshotStore, as_of: datetime):
     # Feast's offline retrieval returns values, not the event time of the row that supplied them,
     # so the check compares with the month's snapshots: a user present at as_of must carry
     # exactly those values; a later snapshot's values (leakage) or an earlier one's would differ.
-    as_of, tables, dataset = _read_training(context, snapshots)
-    frames = {table: tables.read(table, as_of) for table in _FEATURE_TABLES}
-    mismatched = snapshot_mismatches(dataset, frames)
+    mismatched = snapshot_mismatches(dataset, _MonthSnapshots(store, as_of))
     return AssetCheckResult(
+        check_name=POINT_IN_TIME,
         passed=not mismatched,
         metadata={"as_of": as_of.date().isoformat(), "mismatched_values": mismatched},
     )
 
 
-@asset_check(
-    asset=training_dataset,
-    blocking=True,
-    partitions_def=monthly_partitions,
-    description="Every feature has values: an entirely empty column means a broken join.",
-)
-def training_features_not_all_null(
-    context: AssetCheckExecutionContext, snapshots: SnapshotsResource
-):
-    _, _, dataset = _read_training(context, snapshots)
-    empty = [name for name in FEATURE_NAMES if dataset[name].isna().all()]
+def _not_all_null(nulls: pd.Series, rows: int) -> AssetCheckResult:
+    empty = [name for name, n in nulls.items() if n == rows]
     return AssetCheckResult(
-        passed=not empty, metadata={"entirely_null": ", ".join(empty) or "none"}
+        check_name=NOT_ALL_NULL,
+        passed=not empty,
+        metadata={"entirely_null": ", ".join(empty) or "none"},
     )
-
-
-training_checks = [
-    training_rows_match_labels,
-    training_features_point_in_time,
-    training_features_not_all_null,
-]

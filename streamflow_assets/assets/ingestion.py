@@ -2,9 +2,9 @@
 
 import pandas as pd
 from dagster import (
-    AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
@@ -14,7 +14,6 @@ from dagster import (
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
-    asset_check,
     multi_asset,
     sensor,
 )
@@ -22,17 +21,21 @@ from dagster import (
 from streamflow_assets.core import months
 from streamflow_assets.core.seeds import (
     TABLES,
+    TABLES_BY_SNAPSHOT,
     USERS,
     SeedTable,
     stored_problems,
     unknown_user_problems,
 )
+from streamflow_assets.core.snapshots import SnapshotStore
 from streamflow_assets.jobs import MONTHLY_PIPELINE
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import SeedsResource, SnapshotsResource, run_config_for
 
 # Warn when a table's row count moves more than this fraction against the previous month.
 ROW_COUNT_CHANGE_WARNING = 0.2
+CONTRACT = "contract"
+ROW_COUNT_CHANGE = "row_count_change"
 
 _DESCRIPTIONS = {
     "users_snapshots": "Who each subscriber is (signup, gender, household) as of month end.",
@@ -48,6 +51,24 @@ def _preview(df: pd.DataFrame) -> MetadataValue:
     return MetadataValue.md(df.head(5).to_markdown(index=False))
 
 
+def _check_specs(table: SeedTable) -> list[AssetCheckSpec]:
+    return [
+        AssetCheckSpec(
+            CONTRACT,
+            asset=table.snapshot,
+            blocking=True,
+            partitions_def=monthly_partitions,
+            description="Stored columns, types, keys, ranges and categories; users known to users.",
+        ),
+        AssetCheckSpec(
+            ROW_COUNT_CHANGE,
+            asset=table.snapshot,
+            partitions_def=monthly_partitions,
+            description=f"Warns when rows move over {ROW_COUNT_CHANGE_WARNING:.0%} month on month.",
+        ),
+    ]
+
+
 @multi_asset(
     specs=[
         AssetSpec(
@@ -59,28 +80,44 @@ def _preview(df: pd.DataFrame) -> MetadataValue:
         )
         for table in TABLES
     ],
+    check_specs=[spec for table in TABLES for spec in _check_specs(table)],
     partitions_def=monthly_partitions,
 )
 def monthly_snapshots(
     context: AssetExecutionContext, seeds: SeedsResource, snapshots: SnapshotsResource
 ):
-    """Parse, validate and store one month of seeds; a bad file fails the month, writing nothing."""
+    """Parse, validate and store one month of seeds; a bad file fails the month, writing nothing.
+
+    The checks are evaluated here, on each table as it is handed to the store (which stores it
+    exactly, dtypes included), instead of reading every table back: the contract blocks what is
+    downstream when it fails, the row-count change warns.
+    """
     key = context.partition_key
     as_of = months.as_of(key)
+    store = snapshots.store()
     facts: dict[str, dict] = {}
+    contracts: dict[str, AssetCheckResult] = {}
+    users: pd.Series | None = None
 
     def validated_tables():
-        # Each table is staged by the store as it comes and let go: one in memory at a time.
-        for table, df in seeds.iter_month(key):
-            facts[table] = {
+        nonlocal users
+        # Each table is staged by the store as it comes and let go: one in memory at a time
+        # (and the users' ids, which the other tables' contracts need).
+        for name, df in seeds.iter_month(key):
+            table = TABLES_BY_SNAPSHOT[name]
+            if table is USERS:  # the first table of every month
+                users = df["user_id"]
+            facts[name] = {
                 "dagster/row_count": len(df),
                 "null_counts": {c: int(n) for c, n in df.isna().sum().items() if n},
                 "preview": _preview(df),
             }
-            yield table, df
+            contracts[name] = _contract(table, df, users)
+            yield name, df
 
-    snapshots.store().write_month(as_of, validated_tables())
+    store.write_month(as_of, validated_tables())
     for table in TABLES:
+        rows = facts[table.snapshot]["dagster/row_count"]
         yield MaterializeResult(
             asset_key=table.snapshot,
             metadata={
@@ -88,66 +125,42 @@ def monthly_snapshots(
                 "as_of": as_of.date().isoformat(),
                 "seeds_folder": str(seeds.folder(key)),
             },
+            check_results=[contracts[table.snapshot], _row_count_change(store, table, key, rows)],
         )
 
 
-def _contract_check(table: SeedTable):
-    @asset_check(
-        asset=table.snapshot,
-        name="contract",
-        blocking=True,
-        partitions_def=monthly_partitions,
-        description="Stored columns, types, keys, ranges and categories; users known to users.",
+def _contract(table: SeedTable, df: pd.DataFrame, users: pd.Series | None) -> AssetCheckResult:
+    """The stored form's columns, dtypes and rules, and its users known to the month's users."""
+    problems = stored_problems(table, df)
+    if not problems and table is not USERS:
+        problems = unknown_user_problems(table, df, users)
+    return AssetCheckResult(
+        asset_key=table.snapshot,
+        check_name=CONTRACT,
+        passed=not problems,
+        metadata={"rows": len(df), "problems": MetadataValue.md(_bullets(problems))},
     )
-    def _check(context: AssetCheckExecutionContext, snapshots: SnapshotsResource):
-        store = snapshots.store()
-        as_of = months.as_of(context.partition_key)
-        df = store.read(table.snapshot, as_of)
-        problems = stored_problems(table, df)
-        if not problems and table is not USERS:
-            users = store.read(USERS.snapshot, as_of)
-            problems = unknown_user_problems(table, df, users["user_id"])
-        return AssetCheckResult(
-            passed=not problems,
-            metadata={"rows": len(df), "problems": MetadataValue.md(_bullets(problems))},
-        )
-
-    _check.__name__ = f"{table.snapshot}_contract"
-    return _check
 
 
-def _row_count_check(table: SeedTable):
-    @asset_check(
-        asset=table.snapshot,
-        name="row_count_change",
-        partitions_def=monthly_partitions,
-        description=f"Warns when rows move over {ROW_COUNT_CHANGE_WARNING:.0%} month on month.",
+def _row_count_change(
+    store: SnapshotStore, table: SeedTable, key: str, rows: int
+) -> AssetCheckResult:
+    index = months.month_index(key)
+    previous = None
+    if index:
+        previous = store.row_count(table.snapshot, months.as_of(months.partition_key(index - 1)))
+    change = (rows - previous) / previous if previous else 0.0
+    return AssetCheckResult(
+        asset_key=table.snapshot,
+        check_name=ROW_COUNT_CHANGE,
+        passed=abs(change) <= ROW_COUNT_CHANGE_WARNING,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"rows": rows, "previous_rows": previous or 0, "change": round(change, 4)},
     )
-    def _check(context: AssetCheckExecutionContext, snapshots: SnapshotsResource):
-        store = snapshots.store()
-        index = months.month_index(context.partition_key)
-        rows = store.row_count(table.snapshot, months.as_of(context.partition_key))
-        previous = (
-            store.row_count(table.snapshot, months.as_of(months.partition_key(index - 1)))
-            if index
-            else None
-        )
-        change = (rows - previous) / previous if previous else 0.0
-        return AssetCheckResult(
-            passed=abs(change) <= ROW_COUNT_CHANGE_WARNING,
-            severity=AssetCheckSeverity.WARN,
-            metadata={"rows": rows, "previous_rows": previous or 0, "change": round(change, 4)},
-        )
-
-    _check.__name__ = f"{table.snapshot}_row_count_change"
-    return _check
 
 
 def _bullets(problems) -> str:
     return "\n".join(f"- {p}" for p in problems) or "none"
-
-
-snapshot_checks = [make(table) for table in TABLES for make in (_contract_check, _row_count_check)]
 
 
 @sensor(job_name=MONTHLY_PIPELINE, minimum_interval_seconds=60)

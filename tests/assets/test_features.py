@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetKey, DagsterEventType, DagsterInstance
 
 from streamflow_assets.core import months
 from streamflow_assets.core.feature_store import open_store, read_online
@@ -198,3 +198,66 @@ def test_feast_cli_works_and_writes_what_the_asset_writes(built: Built, tmp_path
     assert set(theirs) == set(ours)
     for table in ours:
         assert theirs[table] == ours[table], table
+
+
+TRAINING_CHECKS = (
+    "training_rows_match_labels",
+    "training_features_point_in_time",
+    "training_features_not_all_null",
+)
+
+
+def test_the_training_checks_are_declared_on_the_asset_and_block() -> None:
+    from streamflow_assets.assets.features import training_dataset
+
+    specs = {spec.name: spec for spec in training_dataset.check_specs}
+    assert set(specs) == set(TRAINING_CHECKS)
+    for spec in specs.values():
+        assert spec.asset_key == AssetKey("training_dataset")
+        assert spec.blocking and spec.partitions_def is not None
+
+
+def test_the_training_checks_pass_in_the_step_that_builds_the_dataset(built: Built) -> None:
+    found = {}
+    for run in built.instance.get_runs():
+        for entry in built.instance.all_logs(
+            run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+        ):
+            evaluation = entry.dagster_event.event_specific_data
+            if evaluation.asset_key == AssetKey("training_dataset"):
+                found[(evaluation.partition, evaluation.check_name)] = (entry.step_key, evaluation)
+    assert set(found) == {(p, name) for p in ("2024-01", "2024-02") for name in TRAINING_CHECKS}
+    for (partition, name), (step, evaluation) in found.items():
+        assert step == "training_dataset", (partition, name)
+        assert evaluation.passed, (partition, name, evaluation.metadata)
+    rows = found[("2024-02", "training_rows_match_labels")][1].metadata
+    assert rows["rows"].value == rows["labels"].value == 7043
+
+
+def test_the_training_checks_fail_on_a_broken_dataset(built: Built) -> None:
+    """What each check computes from the asset's own rows catches what it is named for."""
+    from streamflow_assets.assets.features import (
+        _not_all_null,
+        _point_in_time,
+        _rows_match_labels,
+    )
+
+    store = build_resources(built.settings)["snapshots"].store()
+    as_of = months.as_of("2024-02")
+    dataset = training(built.settings, "2024-02")
+    labelled = store.read("labels_snapshots", as_of)[JOIN_KEY]
+    assert _rows_match_labels(dataset, labelled).passed
+    assert not _rows_match_labels(dataset.iloc[1:], labelled).passed
+    assert _point_in_time(dataset, store, as_of).passed
+    # A later month's value for one user (leakage) and for one other feature.
+    leaked = dataset.copy()
+    leaked.loc[3, "monthly_fee"] += 1.0
+    leaked.loc[5, "watch_hours_30d"] += 0.5
+    result = _point_in_time(leaked, store, as_of)
+    assert not result.passed
+    assert result.metadata["mismatched_values"].value == {"monthly_fee": 1, "watch_hours_30d": 1}
+    nulls = dataset[FEATURE_NAMES].isna().sum()
+    assert _not_all_null(nulls, len(dataset)).passed
+    nulls["skips_7d"] = len(dataset)
+    empty = _not_all_null(nulls, len(dataset))
+    assert not empty.passed and empty.metadata["entirely_null"].value == "skips_7d"

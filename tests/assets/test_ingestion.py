@@ -13,12 +13,16 @@ import pytest
 from dagster import (
     AssetCheckSeverity,
     AssetKey,
+    AssetSelection,
     DagsterEventType,
     DagsterInstance,
+    Definitions,
     RunRequest,
     SensorResult,
     SkipReason,
+    asset,
     build_sensor_context,
+    define_asset_job,
 )
 
 from streamflow_assets.assets.ingestion import new_seed_month_sensor
@@ -27,6 +31,10 @@ from streamflow_assets.core.seeds import TABLES
 from streamflow_assets.core.settings import Settings
 from streamflow_assets.core.snapshots import ParquetSnapshotStore
 from streamflow_assets.definitions import build_definitions
+from streamflow_assets.jobs import MONTHLY_PIPELINE
+from streamflow_assets.partitions import monthly_partitions
+from streamflow_assets.pipeline import run_months
+from streamflow_assets.resources import SeedsResource
 
 REAL_ROWS = 7043
 VHVEG = "7590-VHVEG"
@@ -309,3 +317,87 @@ def test_row_count_change_warns_when_a_month_loses_over_20_percent(
         assert evaluations[(table.snapshot, "contract")].passed
     failed = [key for key, e in evaluations.items() if not e.passed]
     assert len(failed) == (len(TABLES) if warns else 0)
+
+
+def test_the_checks_are_declared_on_the_asset_with_their_names_and_blocking() -> None:
+    from streamflow_assets.assets.ingestion import monthly_snapshots
+
+    specs = {
+        (spec.asset_key.to_user_string(), spec.name): spec for spec in monthly_snapshots.check_specs
+    }
+    assert set(specs) == {(t, name) for t in SNAPSHOTS for name in ("contract", "row_count_change")}
+    for table in SNAPSHOTS:
+        assert specs[(table, "contract")].blocking
+        assert not specs[(table, "row_count_change")].blocking
+        assert specs[(table, "contract")].partitions_def is not None
+
+
+def test_the_checks_come_from_the_ingestion_step_which_reads_no_table_back(
+    real_settings: Settings, ingest, dagster_instance: DagsterInstance, monkeypatch
+) -> None:
+    reads: list[str] = []
+    read = ParquetSnapshotStore.read
+
+    def recorded_read(store, table, as_of):
+        reads.append(table)
+        return read(store, table, as_of)
+
+    monkeypatch.setattr(ParquetSnapshotStore, "read", recorded_read)
+    outcomes = ingest(real_settings, ["2024-01", "2024-02"])
+    assert all(o.success for o in outcomes), [o.error for o in outcomes]
+    assert reads == []
+    for outcome in outcomes:
+        entries = dagster_instance.all_logs(
+            outcome.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+        )
+        assert len(entries) == 2 * len(TABLES)
+        assert {entry.step_key for entry in entries} == {"monthly_snapshots"}
+        assert {e.dagster_event.event_specific_data.partition for e in entries} == {
+            outcome.partition
+        }
+
+
+class SeedsWithANegativeFee(SeedsResource):
+    """Seeds whose parsed subscriptions gain a negative fee after validation: a fault of the
+    parser that the stored contract must still catch (the CSVs themselves cannot cause it)."""
+
+    def iter_month(self, partition_key: str):
+        for table, df in super().iter_month(partition_key):
+            if table == "subscriptions_profile_snapshots":
+                df.loc[df["user_id"] == VHVEG, "monthly_fee"] = -1.0
+            yield table, df
+
+
+@asset(deps=["subscriptions_profile_snapshots"], partitions_def=monthly_partitions)
+def downstream_of_subscriptions() -> None:
+    """Stands for every asset downstream of a snapshot table."""
+
+
+def test_a_failed_contract_fails_the_month_and_blocks_downstream(
+    real_settings: Settings, real_seeds: Path, dagster_instance: DagsterInstance
+) -> None:
+    full = build_definitions(real_settings)
+    selection = AssetSelection.groups("ingestion") | AssetSelection.assets(
+        downstream_of_subscriptions
+    )
+    defs = Definitions(
+        assets=[*full.assets, downstream_of_subscriptions],
+        asset_checks=full.asset_checks,
+        jobs=[define_asset_job(MONTHLY_PIPELINE, selection=selection)],
+        resources=full.resources | {"seeds": SeedsWithANegativeFee(seeds_dir=str(real_seeds))},
+    )
+    (outcome,) = run_months(["2024-01"], defs=defs, instance=dagster_instance)
+    assert not outcome.success
+    assert "blocking asset check" in outcome.error
+    assert "subscriptions_profile_snapshots: contract" in outcome.error
+    evaluations = check_evaluations(dagster_instance, outcome.run_id)
+    contract = evaluations[("subscriptions_profile_snapshots", "contract")]
+    assert not contract.passed
+    assert contract.severity == AssetCheckSeverity.ERROR
+    problems = contract.metadata["problems"].value
+    assert "monthly_fee" in problems and "below 0" in problems and VHVEG in problems
+    others = {key: e.passed for key, e in evaluations.items() if key[1] == "contract"}
+    assert sum(not passed for passed in others.values()) == 1
+    assert not dagster_instance.get_materialized_partitions(AssetKey("downstream_of_subscriptions"))
+    started = dagster_instance.all_logs(outcome.run_id, of_type=DagsterEventType.STEP_START)
+    assert [entry.step_key for entry in started] == ["monthly_snapshots"]
