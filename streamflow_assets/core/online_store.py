@@ -107,15 +107,10 @@ class _Monotonic:
         view: FeatureView,
         names: Sequence[str],
         rows: Iterable[Row],
-    ) -> tuple[int, int]:
-        """Write the values whose event time is not older than the stored one.
-
-        Returns (accepted, changed): values not older than the stored ones, and of those the
-        ones the store wrote (a store may skip a value that is already stored)."""
+    ) -> int:
+        """Write the values whose event time is not older than the stored one; returns how
+        many were not older (a store may skip writing a value it already holds)."""
         raise NotImplementedError
-
-    def _after_commit(self, config: RepoConfig, changed: Sequence[FeatureView]) -> None:
-        """Housekeeping once a write committed, on the views whose rows it changed."""
 
     def _stats(self, accepted: int, values: int, entities: int) -> WriteStats:
         # Every feature of an entity carries the same event time: all are replaced or none.
@@ -143,8 +138,7 @@ class _Monotonic:
         ]
         if rows:
             with self._transaction(config) as handle:
-                _, changed = self._upsert(handle, config, table, names, rows)
-            self._after_commit(config, [table] if changed else [])
+                self._upsert(handle, config, table, names, rows)
         if progress:
             progress(len(data))
 
@@ -154,7 +148,7 @@ class _Monotonic:
         """Write a snapshot's views, already serialized and sharing one event time, in one
         transaction; `views` may be a generator, so that one view at a time is in memory."""
         event, created = self._timestamp(event_ts), self._timestamp(datetime.now(UTC))
-        stats, rewritten = {}, []
+        stats = {}
         with self._transaction(config) as handle:
             for encoded in views:
                 names = sorted(encoded.values)
@@ -165,12 +159,9 @@ class _Monotonic:
                     (key, event, created, *values)
                     for key, *values in zip(encoded.entity_keys, *columns, strict=True)
                 )
-                accepted, changed = self._upsert(handle, config, encoded.view, names, rows)
+                accepted = self._upsert(handle, config, encoded.view, names, rows)
                 entities = len(encoded.entity_keys)
                 stats[encoded.view.name] = self._stats(accepted, entities * len(names), entities)
-                if changed:
-                    rewritten.append(encoded.view)
-        self._after_commit(config, rewritten)
         return stats
 
 
@@ -201,7 +192,7 @@ class MonotonicSqliteOnlineStore(_Monotonic, SqliteOnlineStore):
         view: FeatureView,
         names: Sequence[str],
         rows: Iterable[Row],
-    ) -> tuple[int, int]:
+    ) -> int:
         # value_text is left empty: only Feast's document-search filters read it.
         upsert = (
             f"INSERT INTO {_quote_id(_table(config, view))} AS stored "
@@ -216,9 +207,8 @@ class MonotonicSqliteOnlineStore(_Monotonic, SqliteOnlineStore):
             for name, value in zip(names, row, strict=True)
             if value is not None
         )
-        # SQLite rewrites an equal row too: every value accepted is a value written.
-        written = handle.executemany(upsert, values).rowcount
-        return written, written
+        # SQLite rewrites an equal row too: every value not older is a row changed.
+        return handle.executemany(upsert, values).rowcount
 
     def newest_event_time(self, config: RepoConfig, view: FeatureView) -> datetime | None:
         """The newest event time any entity of a feature view holds online."""
@@ -242,11 +232,12 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
     """Postgres profile: a view's rows are copied into a temporary table (one binary COPY row per
     entity), then merged in one guarded statement that skips values already stored.
 
-    A month rewrites every row of Feast's tables. Left to itself that doubles them each month
-    (the old versions stay as dead tuples, and every index gets a new entry). So the tables keep
-    free room on each page (fillfactor): the update of a row lands on its own page and leaves
-    the indexes alone (a HOT update), and a VACUUM after the commit frees the old versions'
-    room for the next month. A re-run of a month writes no new row version at all.
+    A month rewrites every row of Feast's tables. Left to itself that doubles them (the old
+    versions stay as dead tuples until a VACUUM, and every index gets a new entry). So the
+    tables keep free room on each page (fillfactor): the update of a row lands on its own page
+    and leaves the indexes alone (a HOT update), and the next month's update of that page
+    prunes the versions the month before left dead, with no VACUUM (which this server, with
+    autovacuum off, would never run). A re-run of a month writes no new row version at all.
     """
 
     def update(
@@ -296,7 +287,7 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
         view: FeatureView,
         names: Sequence[str],
         rows: Iterable[Row],
-    ) -> tuple[int, int]:
+    ) -> int:
         target = sql.Identifier(_table(config, view))
         columns = [sql.Identifier(f"value_{index}") for index in range(len(names))]
         # Dropped after the merge, not at commit: the next view of the month, in the same
@@ -351,14 +342,7 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
             )
             (older,) = handle.fetchone()
         handle.execute("DROP TABLE incoming")
-        return offered - older, changed
-
-    def _after_commit(self, config: RepoConfig, changed: Sequence[FeatureView]) -> None:
-        # Not VACUUM FULL: no lock against readers; it frees the replaced versions' room on
-        # each page for the next write (this server may run no autovacuum at all).
-        with self._get_conn(config, autocommit=True) as conn:
-            for view in changed:
-                conn.execute(sql.SQL("VACUUM {}").format(sql.Identifier(_table(config, view))))
+        return offered - older
 
     def newest_event_time(self, config: RepoConfig, view: FeatureView) -> datetime | None:
         query = sql.SQL("SELECT max(event_ts) FROM {}").format(sql.Identifier(_table(config, view)))
