@@ -221,6 +221,7 @@ def stack_of(profile: str, work: Path, worker_seeds: Path | None):
                 StackSettings(
                     mlflow_port=free_port(),
                     dagster_port=free_port(),
+                    code_server_port=free_port(),
                     api_port=free_port(),
                     mlflow_db=databases["mlflow"],
                     dagster_db=databases["dagster"],

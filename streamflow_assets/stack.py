@@ -9,9 +9,11 @@ Under the cluster profile also RabbitMQ and Redis (started when down) and two ce
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -134,6 +136,10 @@ class Stack:
         # MLflow 3's server otherwise starts seven job-queue workers (GenAI scorers), each a full
         # MLflow import, for work this project never submits.
         env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        # A launch asks the code server to start the run's process and waits until that process
+        # has imported the code location: minutes, not Dagster's default minute, on a busy
+        # two-core machine (a backfill's run then failed with DagsterUserCodeUnreachableError).
+        env.setdefault("DAGSTER_GRPC_TIMEOUT_SECONDS", "600")
         # The instance file reads these; a caller's own values win (another server, a secret).
         for name, value in dagster_postgres_env(s, self.stack.dagster_db).items():
             env.setdefault(name, value)
@@ -450,13 +456,21 @@ class Supervisor:
             return []
         # In start order; a program of another profile's `up` (celery workers) goes too.
         order = {service.name: index for index, service in enumerate(self.services)}
-        was_running = sorted(self.running(), key=lambda name: (order.get(name, len(order)), name))
+        groups = self.running()
+        was_running = sorted(groups, key=lambda name: (order.get(name, len(order)), name))
         self.ctl("shutdown")
         deadline = time.monotonic() + self.stop_timeout + 30
         while _alive(pid):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"supervisord (pid {pid}) did not exit")
             time.sleep(0.2)
+        # supervisord signals a group only while its leader lives: a program that exits on
+        # SIGTERM before its children (the code server, whose run processes it stopped
+        # waiting for) leaves them behind. A group with a member keeps its id, so this reaches
+        # only what a program started.
+        for pgid in groups.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
         return was_running
 
 

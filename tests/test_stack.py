@@ -243,3 +243,38 @@ def test_a_scripts_settings_reach_the_services_whatever_the_callers_environment(
     assert env["STREAMFLOW_CELERY_BROKER"] == "amqp://guest:guest@127.0.0.1:5672/vhost"
     assert env["STREAMFLOW_SEEDS_DIR"] == "/seeds/here"
     assert env["STREAMFLOW_PROFILE"] == "cluster"
+
+
+# A server that exits at SIGTERM while a child of its process group ignores it (the code server,
+# whose run process it stopped waiting for); the child says it is up once it ignores SIGTERM.
+LEAVES_A_CHILD = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, sys.argv[1], sys.argv[2]])
+time.sleep(600)
+"""
+IGNORES_SIGTERM = """
+import os, pathlib, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+pathlib.Path(sys.argv[1]).write_text(f"up {os.getpid()}")
+time.sleep(600)
+"""
+
+
+def test_down_stops_what_a_program_left_in_its_process_group(stack: Stack, tmp_path: Path) -> None:
+    report, parent, child_script = tmp_path / "report", tmp_path / "p.py", tmp_path / "c.py"
+    parent.write_text(LEAVES_A_CHILD)
+    child_script.write_text(IGNORES_SIGTERM)
+    command = [sys.executable, str(parent), str(child_script), str(report)]
+    service = Service("dagster-code", command, None)
+    processes = Supervisor(stack.state_dir, [service], stop_timeout=15)
+    processes.ensure_daemon(dict(os.environ))
+    try:
+        processes.start(service)
+        child = int(wait_for_text(report, "up").split()[1])
+        assert processes.shutdown() == ["dagster-code"]
+        deadline = time.monotonic() + 10
+        while alive(child):
+            assert time.monotonic() < deadline, "the child outlived `down`"
+            time.sleep(0.1)
+    finally:
+        processes.shutdown()
