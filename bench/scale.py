@@ -707,23 +707,21 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    args.work.mkdir(parents=True, exist_ok=True)
-    command = ".venv/bin/python bench/scale.py " + " ".join(argv or sys.argv[1:])
-    load_start = os.getloadavg()[0]
+def measure(args: argparse.Namespace) -> tuple[list[ProfileResult], dict[int, float]]:
+    """Each size's seeds, then each profile's run over them, in order."""
     results, generate_s = [], {}
     for users in args.sizes:
         seeds = args.work / f"seeds-{users}x{args.months}"
         shutil.rmtree(seeds, ignore_errors=True)
         print(f"generating {users:,} users × {args.months} months ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        subprocess.run(
+        generated = subprocess.run(
             [STREAMFLOW, "generate", "--users", str(users), "--months", str(args.months),
              "--seed", "42", "--out", str(seeds)],
-            env=_clean_env(), check=True, capture_output=True, timeout=3600,
+            env=_clean_env(), capture_output=True, text=True, timeout=3600,
         )  # fmt: skip
+        if generated.returncode:
+            raise RuntimeError(f"streamflow generate failed:\n{generated.stderr[-3000:]}")
         generate_s[users] = time.perf_counter() - started
         try:
             for profile in args.profiles:
@@ -735,6 +733,23 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if not args.keep:
                 shutil.rmtree(seeds, ignore_errors=True)
+    return results, generate_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    args.work.mkdir(parents=True, exist_ok=True)
+    command = ".venv/bin/python bench/scale.py " + " ".join(argv or sys.argv[1:])
+    load_start = os.getloadavg()[0]
+    try:
+        results, generate_s = measure(args)
+    except KeyboardInterrupt:
+        print("interrupted: what it started is stopped, nothing reported", file=sys.stderr)
+        return 130
+    except RuntimeError as error:
+        print(f"bench/scale.py: {error}", file=sys.stderr)
+        return 2
     text = report(results, generate_s, command, (load_start, os.getloadavg()[0]), args.interval)
     print(text)
     if args.save:
