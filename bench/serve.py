@@ -4,8 +4,14 @@ Starts `streamflow serve` and `bench/textbook_server.py` on loopback over the sa
 drives each case with a load generator in a separate process (lean asyncio sockets and/or an
 httpx.AsyncClient, one keep-alive connection per concurrent client) at each concurrency with the
 same number of requests, and reports p50/p95/p99 latency, throughput and the servers' memory.
-With `--large-data-dir` (stores the pipeline built from large generated seeds, e.g. 1M users) a
-second `streamflow serve` over them runs the same /predict case in the same run, interleaved:
+With `--profiles local,postgres,cluster` one `streamflow serve` per profile answers the same
+cases in the same run, each over stores the pipeline builds from the seeds (the postgres and
+cluster ones in throwaway databases of the machine's PostgreSQL and Redis, removed afterwards):
+
+    .venv/bin/python bench/serve.py --profiles local,postgres,cluster --concurrency 8 --rounds 3
+
+With `--large-data-dir` (local stores the pipeline built from large generated seeds, e.g. 1M
+users) a second local `streamflow serve` over them runs the same /predict case, interleaved:
 
     .venv/bin/python bench/serve.py --data-dir var \
         --large-data-dir var-1m --large-seeds data/seeds-1m
@@ -135,6 +141,7 @@ def load(args: argparse.Namespace) -> None:
 
 HEALTH, PREDICT, TEXTBOOK = "GET /health (floor)", "POST /predict", "POST /predict textbook"
 LARGE = "POST /predict, large stores"
+PROFILES = ("local", "postgres", "cluster")
 # Bodies are a seeded sample of a month's users in random order (not its first rows): at a
 # million users, reads then land all over the store as a product's traffic would.
 USERS_PER_CASE = 20_000
@@ -320,12 +327,92 @@ def textbook_command(port: int) -> list[str]:
     return [sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port)]
 
 
+def server_profiles(
+    stack: ExitStack, args: argparse.Namespace, scratch: Path, local_env: dict[str, str] | None
+) -> dict[str, dict[str, str]]:
+    """Per profile of `args.profiles`, the environment of a `streamflow serve` over stores built
+    from the seeds. The postgres profile's: `streamflow pipeline` into throwaway databases of the
+    machine's PostgreSQL with an MLflow server of its own; the cluster profile serves the same
+    registry and models with the online store in a Redis database of its own, written from the
+    same snapshots by the `online_features` asset's code (`materialize_month`)."""
+    envs = {"local": local_env} if local_env is not None else {}
+    if not {"postgres", "cluster"} & set(args.profiles):
+        return envs
+    # The test suite's helpers: throwaway databases dropped afterwards, a Redis database no one
+    # else uses, emptied afterwards.
+    sys.path.insert(0, str(REPO_ROOT))
+    from tests.cluster import redis_db
+    from tests.profiles import mlflow_server, throwaway_databases
+
+    data, tracking_db, dagster_db = stack.enter_context(
+        throwaway_databases("", "_mlflow", "_dagster")
+    )
+    tracking = stack.enter_context(
+        mlflow_server(tracking_db, scratch / "mlflow-artifacts", scratch / "mlflow.log")
+    )
+    data_dir = scratch / "postgres"
+    env = server_env(data_dir) | {
+        "STREAMFLOW_PROFILE": "postgres",
+        "STREAMFLOW_POSTGRES_DB": data,
+        "STREAMFLOW_MLFLOW_TRACKING_URI": tracking,
+    }
+    build_stores(args.seeds, data_dir, env | {"DAGSTER_POSTGRES_DB": dagster_db})
+    analyze(data)
+    if "postgres" in args.profiles:
+        envs["postgres"] = env
+    if "cluster" in args.profiles:
+        cluster = env | {
+            "STREAMFLOW_PROFILE": "cluster",
+            "STREAMFLOW_REDIS_DB": str(stack.enter_context(redis_db())),
+        }
+        write_redis(args.seeds, cluster)
+        envs["cluster"] = cluster
+    return {profile: envs[profile] for profile in args.profiles}
+
+
+def analyze(database: str) -> None:
+    """Planner statistics for the freshly written tables, as autovacuum gathers within a minute
+    of a bulk write: without them, the first plans of the online read guess row counts."""
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", user="postgres", dbname=database) as connection:
+        connection.execute("ANALYZE")
+
+
+def write_redis(seeds: Path, env: dict[str, str]) -> None:
+    """Every seeds month online in the cluster profile's Redis, from the postgres snapshots."""
+    from streamflow_assets.core import months
+    from streamflow_assets.core.feature_store import materialize_month, open_store
+    from streamflow_assets.core.settings import Settings
+    from streamflow_assets.resources import build_resources
+
+    print("writing the months online into Redis ...", flush=True)
+    settings = Settings(
+        profile="cluster",
+        data_dir=env["STREAMFLOW_DATA_DIR"],
+        postgres_db=env["STREAMFLOW_POSTGRES_DB"],
+        redis_db=int(env["STREAMFLOW_REDIS_DB"]),
+        mlflow_tracking_uri=env["STREAMFLOW_MLFLOW_TRACKING_URI"],
+    )
+    store, snapshots = open_store(settings), build_resources(settings)["snapshots"].store()
+    for key in months.seeded_months(seeds):
+        as_of = months.as_of(key)
+        materialize_month(store, lambda table, as_of=as_of: snapshots.read(table, as_of), as_of)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--data-dir", type=Path, help="stores built by the pipeline (default: build)"
+        "--data-dir", type=Path, help="local stores built by the pipeline (default: build)"
     )
     parser.add_argument("--seeds", type=Path, default=DEFAULT_SEEDS)
+    parser.add_argument(
+        "--profiles",
+        type=lambda text: text.split(","),
+        default=["local"],
+        help="comma-separated, of local,postgres,cluster: a `streamflow serve` of each",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="the cases, interleaved, again")
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=50)
     # The textbook serves about 15 requests/s: a thousand would take minutes per concurrency.
@@ -356,66 +443,95 @@ def main() -> None:
     if args.load:
         load(args)
         return
+    unknown = sorted(set(args.profiles) - set(PROFILES))
+    if unknown or len(set(args.profiles)) != len(args.profiles):
+        parser.error(f"--profiles: {','.join(args.profiles)}: each of {','.join(PROFILES)} once")
     if (args.large_data_dir is None) != (args.large_seeds is None):
         parser.error("--large-data-dir and --large-seeds go together")
+    if args.large_data_dir is not None and "local" not in args.profiles:
+        parser.error("--large-data-dir is served by the local profile: add it to --profiles")
 
+    # Terminated (a timeout, Ctrl-C): unwind, so that the servers stop and the throwaway
+    # databases are dropped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"{Path(__file__).name}: terminated"))
     load_before = os.getloadavg()[0]
     with ExitStack() as stack:
-        env, users, args.users = prepare(stack, args)
-        ours_port, textbook_port = free_port(), free_port()
-        ours = start(stack, ours_command(ours_port), env)
-        textbook = start(stack, textbook_command(textbook_port), env)
-        started = time.perf_counter()
-        wait_until(f"http://127.0.0.1:{ours_port}/ready", ours)
-        startup = time.perf_counter() - started
-        print(f"streamflow serve ready in {startup:.1f}s", flush=True)
-        wait_until(f"http://127.0.0.1:{textbook_port}/health", textbook)
-        startup_rss = memory_mb(ours.pid)[0]
-        large_cases = []
+        if "local" in args.profiles:
+            local_env, users, args.users = prepare(stack, args)
+            scratch = users.parent
+        else:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-serve-")))
+            local_env, (users, args.users) = None, users_file(args.seeds, scratch / "users.txt")
+        envs = server_profiles(stack, args, scratch, local_env)
+        servers = {}
+        for profile, env in envs.items():
+            port = free_port()
+            process = start(stack, ours_command(port), env)
+            started = time.perf_counter()
+            wait_until(f"http://127.0.0.1:{port}/ready", process)
+            startup = time.perf_counter() - started
+            servers[profile] = (port, process, startup, memory_mb(process.pid)[0])
+            print(f"streamflow serve ({profile}) ready in {startup:.1f}s", flush=True)
+        textbook_cases, large_cases = [], []
+        if "local" in envs:
+            textbook_port = free_port()
+            textbook = start(stack, textbook_command(textbook_port), local_env)
+            wait_until(f"http://127.0.0.1:{textbook_port}/health", textbook)
+            textbook_cases = [("local", TEXTBOOK, textbook_port, "/predict", users, textbook.pid)]
         if args.large_data_dir is not None:
             large_port = free_port()
             large_env = server_env(args.large_data_dir.resolve())
             large = start(stack, ours_command(large_port), large_env)
             wait_until(f"http://127.0.0.1:{large_port}/ready", large, timeout=600)
-            scratch = users.parent / "large-users.txt"
-            large_users, args.large_users = users_file(args.large_seeds, scratch)
-            large_cases = [(LARGE, large_port, "/predict", large_users, large.pid, args.requests)]
+            scratch_users = scratch / "large-users.txt"
+            large_users, args.large_users = users_file(args.large_seeds, scratch_users)
+            large_cases = [("local", LARGE, large_port, "/predict", large_users, large.pid)]
 
         rows = []
-        for client in args.clients:
-            for concurrency in args.concurrency:
-                cases = [
-                    (HEALTH, ours_port, "/health", None, ours.pid, args.requests),
-                    (PREDICT, ours_port, "/predict", users, ours.pid, args.requests),
-                    (
-                        TEXTBOOK,
-                        textbook_port,
-                        "/predict",
-                        users,
-                        textbook.pid,
-                        args.textbook_requests,
-                    ),
-                    *large_cases,
-                ]
-                for name, port, path, bodies, pid, requests in cases:
-                    result = run_case(client, port, path, bodies, concurrency, args, pid, requests)
-                    rss, peak = memory_mb(pid)
-                    rows.append(
-                        {"client": client, "case": name, "concurrency": concurrency, **result}
-                    )
-                    rows[-1] |= {"rss": rss, "peak": peak}
-                    print(
-                        f"{client:<5} c={concurrency:<3} {name:<24} p50 {result['p50']:7.2f} ms  "
-                        f"p95 {result['p95']:7.2f}  p99 {result['p99']:7.2f}  "
-                        f"{result['rps']:8.1f} req/s  CPU {result['cpu_us']:7.0f} us/req  "
-                        f"errors {result['errors']} {result['error_statuses'] or ''}  "
-                        f"RSS {rss:.0f} MB",
-                        flush=True,
-                    )
+        for round_ in range(args.rounds):
+            for client in args.clients:
+                for concurrency in args.concurrency:
+                    cases = [
+                        case
+                        for profile, (port, process, _, _) in servers.items()
+                        for case in (
+                            (profile, HEALTH, port, "/health", None, process.pid),
+                            (profile, PREDICT, port, "/predict", users, process.pid),
+                        )
+                    ]
+                    for profile, name, port, path, bodies, pid in (
+                        cases + textbook_cases + large_cases
+                    ):
+                        requests = args.textbook_requests if name == TEXTBOOK else args.requests
+                        result = run_case(
+                            client, port, path, bodies, concurrency, args, pid, requests
+                        )
+                        rss, peak = memory_mb(pid)
+                        rows.append(
+                            {
+                                "round": round_,
+                                "client": client,
+                                "profile": profile,
+                                "case": name,
+                                "concurrency": concurrency,
+                                **result,
+                                "rss": rss,
+                                "peak": peak,
+                            }
+                        )
+                        print(
+                            f"round {round_} {client:<5} c={concurrency:<3} {profile:<8} "
+                            f"{name:<28} p50 {result['p50']:7.2f} ms  "
+                            f"p95 {result['p95']:7.2f}  p99 {result['p99']:7.2f}  "
+                            f"{result['rps']:8.1f} req/s  CPU {result['cpu_us']:7.0f} us/req  "
+                            f"errors {result['errors']} {result['error_statuses'] or ''}  "
+                            f"RSS {rss:.0f} MB",
+                            flush=True,
+                        )
         if large_cases:
             # What the large server holds once many distinct users have been read, one request
             # each: its caches fill with users, not with the same few thousand again.
-            distinct, _ = users_file(args.large_seeds, users.parent / "distinct.txt", DISTINCT)
+            distinct, _ = users_file(args.large_seeds, scratch / "distinct.txt", DISTINCT)
             before = memory_mb(large.pid)[0]
             run_case("raw", large_port, "/predict", distinct, 8, args, large.pid, DISTINCT)
             args.distinct_rss = (before, *memory_mb(large.pid))
@@ -424,7 +540,8 @@ def main() -> None:
                 f"{DISTINCT:,} distinct users",
                 flush=True,
             )
-        report = render(rows, args, startup, startup_rss, (load_before, os.getloadavg()[0]))
+        startups = {profile: (startup, rss) for profile, (_, _, startup, rss) in servers.items()}
+        report = render(rows, args, startups, (load_before, os.getloadavg()[0]))
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(report)
         print(report)
@@ -453,60 +570,119 @@ def machine() -> str:
     )
 
 
-# The targets of issue 13, checked by `verdicts` from one run.
+# The targets of issue 13 (local), checked by `verdicts` from one run.
 RATIO_TARGET, P99_TARGET_MS, RPS_TARGET, RSS_TARGET_MB = 2.0, 10.0, 1500.0, 400.0
+# Issue 21: the postgres profile's /predict p50 within this many times its own /health at c=8.
+POSTGRES_RATIO_TARGET = 2.5
+# How each profile's server reads a user's 14 features.
+READS = {
+    "local": "one SQLite query (a UNION ALL over the four views' tables)",
+    "postgres": "one prepared PostgreSQL query (the same UNION ALL, binary results) on the event "
+    "loop's own connection; requests that arrive while a query runs share the next one",
+    "cluster": "one Redis HMGET (Feast keeps a user's views in one hash)",
+}
 
 
-def verdicts(by: dict, client: str, rss_after_load: float) -> list[str]:
-    """Each target with its figure, met or missed (or not measured, without its concurrency)."""
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def figures(rows: list[dict], client: str, profile: str, case: str, concurrency: int) -> dict:
+    """A case's rows of every round: its p50, p99 and req/s, the median over the rounds."""
+    picked = [
+        r
+        for r in rows
+        if (r["client"], r["profile"], r["case"], r["concurrency"])
+        == (client, profile, case, concurrency)
+    ]
+    return {key: median([r[key] for r in picked]) for key in ("p50", "p99", "rps", "cpu_us")} | {
+        "rounds": picked
+    }
+
+
+def ratios(rows: list[dict], client: str, profile: str, concurrency: int) -> list[float]:
+    """/predict p50 ÷ the same server's /health p50, per round (measured side by side)."""
+    key = (client, profile, concurrency)
+    by = {
+        (r["round"], r["case"]): r
+        for r in rows
+        if (r["client"], r["profile"], r["concurrency"]) == key
+    }
+    rounds = sorted({round_ for round_, _ in by})
+    return [by[(n, PREDICT)]["p50"] / by[(n, HEALTH)]["p50"] for n in rounds]
+
+
+def verdicts(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    """Each target with its figure (medians over the rounds), met or missed, or not measured."""
 
     def verdict(met: bool) -> str:
         return "met" if met else "**missed**"
 
-    health, ours, busiest = (
-        by.get((client, case, c)) for case, c in ((HEALTH, 8), (PREDICT, 8), (PREDICT, 32))
-    )
-    lines = []
-    if health and ours:
-        ratio = ours["p50"] / health["p50"]
+    client, lines = args.clients[0], []
+    if "local" in args.profiles:
+        lines += ["Targets of issue 13 (local profile):", ""]
+        if 8 in args.concurrency:
+            ratio = median(ratios(rows, client, "local", 8))
+            p99 = figures(rows, client, "local", PREDICT, 8)["p99"]
+            lines += [
+                f"- /predict p50 ÷ /health p50 at c=8: {ratio:.2f} (target ≤ {RATIO_TARGET:g}): "
+                f"{verdict(ratio <= RATIO_TARGET)}",
+                f"- /predict p99 at c=8: {p99:.2f} ms (target < {P99_TARGET_MS:g} ms): "
+                f"{verdict(p99 < P99_TARGET_MS)}",
+            ]
+        else:
+            lines.append("- ratio and p99 at c=8: not measured (run with `--concurrency 8`)")
+        if 32 in args.concurrency:
+            rps = figures(rows, client, "local", PREDICT, 32)["rps"]
+            lines.append(
+                f"- /predict throughput at c=32: {rps:,.0f} req/s (target ≥ {RPS_TARGET:,.0f}): "
+                f"{verdict(rps >= RPS_TARGET)}"
+            )
+        else:
+            lines.append("- throughput at c=32: not measured (run with `--concurrency 32`)")
+        rss = max(r["rss"] for r in rows if r["profile"] == "local" and r["case"] != TEXTBOOK)
         lines += [
-            f"- /predict p50 ÷ /health p50 at c=8: {ratio:.2f} ({ours['p50']:.2f} ms ÷ "
-            f"{health['p50']:.2f} ms; target ≤ {RATIO_TARGET:g}): {verdict(ratio <= RATIO_TARGET)}",
-            f"- /predict p99 at c=8: {ours['p99']:.2f} ms (target < {P99_TARGET_MS:g} ms): "
-            f"{verdict(ours['p99'] < P99_TARGET_MS)}",
+            f"- API RSS after load: {rss:.0f} MB (target < {RSS_TARGET_MB:g} MB): "
+            f"{verdict(rss < RSS_TARGET_MB)}",
+            "",
         ]
-    else:
-        lines.append("- ratio and p99 at c=8: not measured (run with `--concurrency 8`)")
-    if busiest:
+    lines += ["Targets of issue 21 (item 5):", ""]
+    if "postgres" in args.profiles and 8 in args.concurrency:
+        each = ratios(rows, client, "postgres", 8)
+        ratio = median(each)
         lines.append(
-            f"- /predict throughput at c=32: {busiest['rps']:,.0f} req/s (target ≥ "
-            f"{RPS_TARGET:,.0f}): {verdict(busiest['rps'] >= RPS_TARGET)}"
+            f"- postgres profile, /predict p50 ÷ its own /health p50 at c=8, real seeds: "
+            f"{ratio:.2f} (median of {', '.join(f'{r:.2f}' for r in each)}; target ≤ "
+            f"{POSTGRES_RATIO_TARGET:g}): {verdict(ratio <= POSTGRES_RATIO_TARGET)}"
         )
     else:
-        lines.append("- throughput at c=32: not measured (run with `--concurrency 32`)")
-    lines.append(
-        f"- API RSS after load: {rss_after_load:.0f} MB (target < {RSS_TARGET_MB:g} MB): "
-        f"{verdict(rss_after_load < RSS_TARGET_MB)}"
-    )
+        lines.append("- postgres profile at c=8: not measured (`--profiles postgres`, c=8)")
+    lines += [
+        "- postgres profile over 1M users, p50 ≤ 3 ms: not measured by this run (it serves the "
+        "real seeds only)",
+        "",
+    ]
     return lines
 
 
-def large_lines(by: dict, args: argparse.Namespace, rows: list[dict]) -> list[str]:
+def large_lines(args: argparse.Namespace, rows: list[dict]) -> list[str]:
     """/predict over the large stores against the same case over the real seeds' (issue 14)."""
     lines = [
         "",
         f"Over the large stores ({args.large_users:,} users, `{args.large_data_dir}`) against "
-        f"the seeds' ({args.users:,} users), same run, same cases interleaved:",
+        f"the seeds' ({args.users:,} users), same run, same cases interleaved (medians):",
         "",
     ]
     for client in args.clients:
         for concurrency in args.concurrency:
-            small, large = by[(client, PREDICT, concurrency)], by[(client, LARGE, concurrency)]
+            small = figures(rows, client, "local", PREDICT, concurrency)
+            large = figures(rows, client, "local", LARGE, concurrency)
             lines.append(
                 f"- {client}, c={concurrency}: p50 {large['p50']:.2f} ms vs {small['p50']:.2f} "
                 f"({large['p50'] / small['p50']:.2f}x), p99 {large['p99']:.2f} vs "
-                f"{small['p99']:.2f}, server CPU {large['cpu_us']:,.0f} vs {small['cpu_us']:,.0f} "
-                f"µs/req ({large['cpu_us'] / small['cpu_us']:.2f}x)"
+                f"{small['p99']:.2f}"
             )
     large_rss = max(r["rss"] for r in rows if r["case"] == LARGE)
     before, after, peak = args.distinct_rss
@@ -519,71 +695,102 @@ def large_lines(by: dict, args: argparse.Namespace, rows: list[dict]) -> list[st
     return lines
 
 
-def render(
-    rows: list[dict], args: argparse.Namespace, startup: float, startup_rss: float, load_avg
-) -> str:
-    by = {(r["client"], r["case"], r["concurrency"]): r for r in rows}
+def render(rows: list[dict], args: argparse.Namespace, startups: dict, load_avg) -> str:
     large = (
-        f" and `{LARGE}` a second `streamflow serve` over stores of {args.large_users:,} users"
+        f"; `{LARGE}` a second local `streamflow serve` over stores of {args.large_users:,} users"
         if args.large_data_dir
         else ""
+    )
+    textbook = (
+        "; `POST /predict textbook` is `bench/textbook_server.py` over the local stores (per "
+        "request the Feast SDK read and the logged scikit-learn Pipeline through `mlflow.pyfunc`)"
+        if "local" in args.profiles
+        else ""
+    )
+    command = " ".join(
+        ["python bench/serve.py", f"--profiles {','.join(args.profiles)}"]
+        + [f"--rounds {args.rounds}"] * (args.rounds > 1)
+        + [f"--concurrency {' '.join(map(str, args.concurrency))}"]
     )
     lines = [
         "# Serving benchmark",
         "",
-        f"`python bench/serve.py`: {args.requests} requests per case ({args.textbook_requests} "
-        f"for the textbook) after {args.warmup} warm-up, "
-        "the cases interleaved per concurrency; the load generator runs in its own process "
-        "on loopback, one keep-alive connection per concurrent client: `raw` is asyncio + uvloop "
-        "sockets parsing only the status line and Content-Length (the tightest floor), `httpx` "
-        "an `httpx.AsyncClient` (opt-in: it costs about a millisecond per request itself). "
+        f"`{command}`: {args.requests} requests per case ({args.textbook_requests} for the "
+        f"textbook) after {args.warmup} warm-up, the cases interleaved per concurrency, "
+        f"{args.rounds} round(s); the load generator runs in its own process on loopback, one "
+        "keep-alive connection per concurrent client: `raw` is asyncio + uvloop sockets parsing "
+        "only the status line and Content-Length (the tightest floor), `httpx` an "
+        "`httpx.AsyncClient` (opt-in: it costs about a millisecond per request itself). "
         f"`/predict` bodies take, in turn, a seeded random sample of the {args.users:,} users of "
-        "the newest seeds month. Servers: `streamflow serve` and "
-        "`bench/textbook_server.py` (per request the Feast SDK read and the logged scikit-learn "
-        "Pipeline through `mlflow.pyfunc`), one uvicorn process each, over the same stores built "
-        f"by the pipeline from the seeds{large}. {os.cpu_count()} CPUs shared by servers and "
-        f"load generator; 1-minute load average {load_avg[0]:.1f} before and {load_avg[1]:.1f} "
-        "after the run (the machine is shared with other work, whose load lands on every case).",
+        "the newest seeds month. One `streamflow serve` (one uvicorn process) per profile, over "
+        f"stores built by the pipeline from the seeds{textbook}{large}. {os.cpu_count()} CPUs "
+        "shared by servers, database servers and load generator; 1-minute load average "
+        f"{load_avg[0]:.1f} before and {load_avg[1]:.1f} after the run (the machine is shared "
+        "with other work, whose load lands on every case alike).",
+        "",
+        "How each profile's server reads a user's features (one round trip each):",
+        "",
+        *(f"- {profile}: {READS[profile]}" for profile in args.profiles),
         "",
         machine(),
         "",
-        "| client | concurrency | case | p50 ms | p95 ms | p99 ms | req/s | server CPU µs/req | "
-        "errors | server RSS MB |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| round | client | c | profile | case | p50 ms | p95 ms | p99 ms | req/s | "
+        "server CPU µs/req | errors | server RSS MB |",
+        "|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['client']} | {r['concurrency']} | {r['case']} | {r['p50']:.2f} | "
-            f"{r['p95']:.2f} | {r['p99']:.2f} | {r['rps']:,.1f} | {r['cpu_us']:,.0f} | "
-            f"{r['errors']} | {r['rss']:.0f} |"
+            f"| {r['round']} | {r['client']} | {r['concurrency']} | {r['profile']} | "
+            f"{r['case']} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | "
+            f"{r['rps']:,.1f} | {r['cpu_us']:,.0f} | {r['errors']} | {r['rss']:.0f} |"
         )
-    lines += ["", "Ratios, per concurrency:", ""]
+    lines += [
+        "",
+        "Per profile and concurrency (medians over the rounds; the ratio is each round's "
+        "/predict p50 over the same server's /health p50, measured side by side):",
+        "",
+        "| client | c | profile | /predict p50 ÷ /health p50 | /predict p50 ms | "
+        "/predict p99 ms | /predict req/s | server CPU µs per /predict, per /health |",
+        "|---|---:|---|---|---:|---:|---:|---:|",
+    ]
     for client in args.clients:
         for concurrency in args.concurrency:
-            health = by[(client, HEALTH, concurrency)]
-            ours = by[(client, PREDICT, concurrency)]
-            textbook = by[(client, TEXTBOOK, concurrency)]
-            lines.append(
-                f"- {client}, c={concurrency}: /predict p50 = {ours['p50'] / health['p50']:.2f}x "
-                f"/health p50; throughput {ours['rps'] / textbook['rps']:.0f}x the textbook's; "
-                f"p99 {ours['p99']:.2f} ms"
-            )
-    ours_rows = [r for r in rows if r["case"] in (HEALTH, PREDICT)]
-    rss_after_load = max(r["rss"] for r in ours_rows)
-    peak = max(r["peak"] for r in ours_rows)
-    textbook_peak = max(r["peak"] for r in rows if r["case"] == TEXTBOOK)
+            for profile in args.profiles:
+                each = ratios(rows, client, profile, concurrency)
+                ours = figures(rows, client, profile, PREDICT, concurrency)
+                health = figures(rows, client, profile, HEALTH, concurrency)
+                lines.append(
+                    f"| {client} | {concurrency} | {profile} | **{median(each):.2f}** "
+                    f"({', '.join(f'{r:.2f}' for r in each)}) | {ours['p50']:.2f} | "
+                    f"{ours['p99']:.2f} | {ours['rps']:,.0f} | {ours['cpu_us']:,.0f}, "
+                    f"{health['cpu_us']:,.0f} |"
+                )
+    lines.append("")
+    for profile, (startup, startup_rss) in startups.items():
+        served = [r for r in rows if r["profile"] == profile and r["case"] in (HEALTH, PREDICT)]
+        lines.append(
+            f"- `streamflow serve` ({profile}) RSS: {startup_rss:.0f} MB after start, "
+            f"{max(r['rss'] for r in served):.0f} MB after load, peak "
+            f"{max(r['peak'] for r in served):.0f} MB; ready {startup:.0f} s after launch."
+        )
+    if "local" in args.profiles:
+        for client in args.clients:
+            for concurrency in args.concurrency:
+                ours = figures(rows, client, "local", PREDICT, concurrency)
+                book = figures(rows, client, "local", TEXTBOOK, concurrency)
+                lines.append(
+                    f"- {client}, c={concurrency}: local /predict throughput "
+                    f"{ours['rps'] / book['rps']:.0f}x the textbook's"
+                )
+        book_peak = max(r["peak"] for r in rows if r["case"] == TEXTBOOK)
+        lines.append(f"- textbook server peak RSS {book_peak:.0f} MB")
     lines += [
-        f"- `streamflow serve` RSS: {startup_rss:.0f} MB after start, {rss_after_load:.0f} MB "
-        f"after load, peak {peak:.0f} MB (textbook peak {textbook_peak:.0f} MB); ready "
-        f"{startup:.0f} s after launch (started beside the textbook server).",
-        *(large_lines(by, args, rows) if args.large_data_dir else []),
+        *(large_lines(args, rows) if args.large_data_dir else []),
         "",
-        "Targets (issue 13):",
-        "",
-        *verdicts(by, args.clients[0], rss_after_load),
+        *verdicts(rows, args),
         *(
-            f"- **{r['errors']} errors** (HTTP {r['error_statuses']}) in {r['case']} at "
-            f"c={r['concurrency']}: its figures are not valid"
+            f"- **{r['errors']} errors** (HTTP {r['error_statuses']}) in {r['profile']} "
+            f"{r['case']} at c={r['concurrency']}, round {r['round']}: its figures are not valid"
             for r in rows
             if r["errors"]
         ),
