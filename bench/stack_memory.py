@@ -116,14 +116,14 @@ def _pss(process: psutil.Process) -> int:
 
 
 def worker_pools(supervisor: Supervisor) -> dict[str, list[psutil.Process]]:
-    """Each worker program's celery pool processes (the children of celery's main process)."""
+    """Each worker program's celery pool processes: the children of celery's main process, which
+    is the child of the program (`dagster-celery worker start`)."""
     pools = {}
-    running = supervisor.running()
-    for name in WORKERS:
-        tree = _tree(running[name])
-        mains = [p for p in tree if "celery" in " ".join(p.cmdline()) and "worker" in p.cmdline()]
-        main_pids = {p.pid for p in mains}
-        pools[name] = [p for p in tree if p.ppid() in main_pids and p.pid not in main_pids]
+    for name, pid in supervisor.running().items():
+        if name in WORKERS:
+            with contextlib.suppress(psutil.Error):
+                mains = psutil.Process(pid).children()
+                pools[name] = [pool for main in mains for pool in main.children()]
     return pools
 
 
@@ -162,7 +162,7 @@ def run_a_month(supervisor: Supervisor, env: dict[str, str], users: int, seeds: 
     def watch() -> None:
         while not stop.is_set():
             for name, rss in pools_rss(supervisor).items():
-                peak[name] = max(peak[name], rss)
+                peak[name] = max(peak.get(name, 0), rss)
             time.sleep(0.5)
 
     watcher = threading.Thread(target=watch, daemon=True)
@@ -307,9 +307,9 @@ def report(results: dict[str, tuple[IdleSample, StepSample | None]], args) -> st
         ]
         for name in step.before:
             lines.append(
-                f"| {name} | {step.before[name]:,.0f} | {step.peak[name]:,.0f} "
-                f"| {step.after[name]:,.0f} | {step.pool_pids_before[name]} → "
-                f"{step.pool_pids_after[name]} |"
+                f"| {name} | {step.before.get(name, 0):,.0f} | {step.peak.get(name, 0):,.0f} "
+                f"| {step.after.get(name, 0):,.0f} | {step.pool_pids_before.get(name)} → "
+                f"{step.pool_pids_after.get(name)} |"
             )
     return "\n".join(lines) + "\n"
 
