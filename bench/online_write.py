@@ -7,8 +7,11 @@ does), then per store and per implementation (this tree's `core/online_store.py`
   4. month 1 again (a backfill: every user older), 5. month 3 (every user updated),
 timing each `write_encoded` and measuring the store's size after it (PostgreSQL:
 pg_total_relation_size of the four tables; SQLite: the file; Redis: not measured).
+With --redis-batches, times instead Redis's month 1 and month 2 per entities-a-script-call and
+script-calls-a-pipeline setting.
 
     .venv/bin/python bench/online_write.py --users 100000 --baseline 42d156b --save
+    .venv/bin/python bench/online_write.py --users 30000 --redis-batches
 """
 
 from __future__ import annotations
@@ -142,7 +145,9 @@ def store_size(kind: str, config: RepoConfig) -> int | None:
     return None
 
 
-def run(module: ModuleType, kind: str, months: list[list], scratch: Path) -> list[dict]:
+def run(
+    module: ModuleType, kind: str, months: list[list], scratch: Path, steps: list = STEPS
+) -> list[dict]:
     store_class = {
         "sqlite": module.MonotonicSqliteOnlineStore,
         "postgres": module.MonotonicPostgreSQLOnlineStore,
@@ -152,7 +157,7 @@ def run(module: ModuleType, kind: str, months: list[list], scratch: Path) -> lis
     with store_config(kind, scratch) as config:
         store = store_class()
         store.update(config, [], list(VIEWS.values()), [], [USER], partial=False)
-        for label, month in STEPS:
+        for label, month in steps:
             views = [module.EncodedView(VIEWS[n], keys, vals) for n, keys, vals in months[month]]
             started = time.perf_counter()
             stats = store.write_encoded(config, views, AS_OF[month])
@@ -165,6 +170,19 @@ def run(module: ModuleType, kind: str, months: list[list], scratch: Path) -> lis
         if kind == "redis":
             redis.Redis(*REDIS).close()
     return results
+
+
+def redis_batches(months: list[list], scratch: Path) -> str:
+    """Redis's write per (entities a script call, calls a pipeline), each in a fresh db."""
+    module = load_module("current")
+    lines = ["| entities a call | calls a pipeline | month 1 (new) | month 2 (update) |"]
+    lines.append("|---:|---:|---:|---:|")
+    for chunk, depth in [(100, 1), (500, 1), (2000, 1), (100, 16), (500, 16), (500, 64)]:
+        module._REDIS_CHUNK, module._REDIS_PIPELINE = chunk, depth
+        results = run(module, "redis", months, scratch, steps=STEPS[:2])
+        cells = " | ".join(f"{r['s']:.1f} s" for r in results)
+        lines.append(f"| {chunk} | {depth} | {cells} |")
+    return "\n".join(lines)
 
 
 def table(users: int, runs: dict[tuple[str, str], list[dict]]) -> str:
@@ -188,6 +206,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--stores", nargs="+", default=["sqlite", "postgres", "redis"])
     parser.add_argument("--baseline", help="also run core/online_store.py as of this commit")
+    parser.add_argument("--redis-batches", action="store_true", help="sweep Redis batch sizes")
     parser.add_argument("--save", action="store_true", help="write bench/reports/online_write.md")
     args = parser.parse_args()
     sources = ["current"] + ([args.baseline] if args.baseline else [])
@@ -201,6 +220,9 @@ def main() -> None:
             capture_output=True,
         )
         months = encode_months(seeds, 3)
+        if args.redis_batches:
+            print(redis_batches(months, Path(scratch)))
+            return
         load = os.getloadavg()[0]
         runs = {}
         # Stores side by side; the baseline right after the current code on the same store.

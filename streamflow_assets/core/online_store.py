@@ -400,8 +400,9 @@ end
 return written
 """
 # Entities per script call: small enough that one call holds the (shared) server for about a
-# millisecond. Calls per pipeline: the round trips are paid once per this many calls, not per
-# call (bench/online_write.py --redis-batches measured both; bench/reports/online_write.md).
+# millisecond. Calls per pipeline: a round trip is paid once per this many calls (measured with
+# `bench/online_write.py --redis-batches`: it pays for small calls; at 500 a call the script is
+# the cost; bench/reports/online_write.md).
 _REDIS_CHUNK = 500
 _REDIS_PIPELINE = 16
 
