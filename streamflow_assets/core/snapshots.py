@@ -187,6 +187,8 @@ class ParquetSnapshotStore:
             tempfile.TemporaryDirectory(prefix="streamflow-join-") as spill,
             duckdb.connect(config=_DUCKDB_BOUNDS | {"temp_directory": spill}) as db,
         ):
+            # Its progress bar would be printed on stdout during a long join.
+            db.execute("SET enable_progress_bar = false")
             reader = db.sql(_join_sql(sources, tables, require)).to_arrow_reader(rows)
             for batch in reader:
                 yield batch.to_pandas()
