@@ -263,7 +263,7 @@ class _CopyStream(io.RawIOBase):
 
     def __init__(self, copy: psycopg.Copy):
         self._blocks = iter(copy)
-        self._pending = memoryview(b"")
+        self._pending = b""
 
     def readable(self) -> bool:
         return True
@@ -271,23 +271,22 @@ class _CopyStream(io.RawIOBase):
     def at_end(self) -> bool:
         """Whether the COPY sent nothing (more)."""
         if not self._pending:
-            self._pending = memoryview(next(self._blocks, b""))
+            self._pending = bytes(next(self._blocks, b""))
         return not self._pending
 
     def readinto(self, buffer) -> int:
-        target = memoryview(buffer).cast("B")
-        filled = 0
-        while filled < len(target):
-            if not self._pending:
-                block = next(self._blocks, None)
-                if block is None:
-                    break
-                self._pending = memoryview(block)
-            n = min(len(target) - filled, len(self._pending))
-            target[filled : filled + n] = self._pending[:n]
-            self._pending = self._pending[n:]
-            filled += n
-        return filled
+        # A block is one row: joined up to the buffer's size in one go (copying each row into
+        # the buffer in Python made a read of 1M rows three times slower).
+        size = len(buffer)
+        parts, have = [self._pending], len(self._pending)
+        while have < size and (block := next(self._blocks, None)) is not None:
+            parts.append(block)
+            have += len(block)
+        data = b"".join(parts)
+        n = min(size, len(data))
+        memoryview(buffer).cast("B")[:n] = memoryview(data)[:n]
+        self._pending = data[n:]
+        return n
 
 
 # How COPY's CSV of each Postgres type is parsed (other types are read as text).

@@ -341,7 +341,7 @@ def test_postgres_round_trip_of_a_real_month_slice_and_exact_floats(
 def test_postgres_writes_a_table_in_bounded_copy_chunks(
     pg_store: PostgresSnapshotStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(snapshots, "COPY_CHUNK_ROWS", 1000)
+    monkeypatch.setattr(snapshots, "COPY_CHUNK_ROWS", 25_000)
     sent: list[int] = []
     write = psycopg.Copy.write
 
@@ -350,10 +350,11 @@ def test_postgres_writes_a_table_in_bounded_copy_chunks(
         write(copy, buffer)
 
     monkeypatch.setattr(psycopg.Copy, "write", counting_write)
-    ids = [f"u{i:05d}" for i in range(2500)]
-    rows = pd.DataFrame({"user_id": ids, "failed_payments_90d": np.arange(2500, dtype=np.int64)})
+    # Over a megabyte of CSV: the read, too, takes it in several pieces.
+    ids = [f"user-{i:06d}" for i in range(60_000)]
+    rows = pd.DataFrame({"user_id": ids, "failed_payments_90d": np.arange(60_000, dtype=np.int64)})
     pg_store.write_month(JANUARY, {"payments_agg_90d_snapshots": rows})
-    assert sent == [1000, 1000, 500]
+    assert sent == [25_000, 25_000, 10_000]
     monkeypatch.undo()
     pd.testing.assert_frame_equal(
         pg_store.read("payments_agg_90d_snapshots", JANUARY), with_as_of(rows, JANUARY)
