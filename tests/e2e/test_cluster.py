@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -52,29 +54,73 @@ def _profile_env() -> dict[str, str]:
     return child_env(**own)
 
 
+@contextlib.contextmanager
+def watched_pids(workers: list[Child]) -> Iterator[set[int]]:
+    """Every process the workers' process groups ever hold while this runs: a pool process
+    replaced after a step (its memory limit) is a worker's process too."""
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.update(*(group_pids(w.process.pid) for w in workers))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        watcher.join()
+
+
 @pytest.fixture(scope="module")
 def cluster(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Both real months on two workers started WITHOUT STREAMFLOW_SEEDS_DIR: January through
+    `run_months`, February through `streamflow pipeline --seeds DIR`; the runs carry the seeds."""
     require_servers()
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, RunsFilter
 
     from streamflow_assets.definitions import build_definitions
     from streamflow_assets.pipeline import run_months
 
     data_dir = tmp_path_factory.mktemp("cluster")
     with profile("cluster", data_dir, real_seeds) as settings:
-        env = _profile_env()
-        with celery_workers(settings, env, data_dir) as workers, DagsterInstance.get() as instance:
-            # Pool processes exist from the start (prefork): the only processes steps may run in.
-            worker_pids = set().union(*(group_pids(w.process.pid) for w in workers))
-            outcomes = run_months(MONTHS, defs=build_definitions(settings), instance=instance)
-            assert all(o.success for o in outcomes), [o.error for o in outcomes]
+        env = {k: v for k, v in _profile_env().items() if k != "STREAMFLOW_SEEDS_DIR"}
+        # A worker's own default (<its cwd>/data/seeds) holds no seeds.
+        assert not (Path.cwd() / "data" / "seeds" / "month_000").exists()
+        with (
+            celery_workers(settings, env, data_dir) as workers,
+            watched_pids(workers) as worker_pids,
+            DagsterInstance.get() as instance,
+        ):
+            (january,) = run_months(MONTHS[:1], defs=build_definitions(settings), instance=instance)
+            assert january.success, january.error
+            done = subprocess.run(
+                [
+                    str(STREAMFLOW),
+                    "pipeline",
+                    "--seeds",
+                    str(real_seeds),
+                    "--partitions",
+                    MONTHS[1],
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1200,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert f"from {real_seeds} " in done.stdout
+            (february,) = instance.get_runs(RunsFilter(tags={"dagster/partition": MONTHS[1]}))
             yield Cluster(
                 settings,
                 env,
                 instance,
                 workers,
                 worker_pids,
-                [o.run_id for o in outcomes],
+                [january.run_id, february.run_id],
                 data_dir,
             )
 
@@ -228,6 +274,26 @@ def test_predict_answers_from_redis_with_the_champion_from_mlflow_and_survives_a
     finally:
         api.stop()
         proxy.close()
+
+
+def test_seeds_a_worker_cannot_read_fail_the_month_naming_the_path_and_the_workers_host(
+    cluster: Cluster,
+) -> None:
+    missing = cluster.data_dir / "not-mounted-on-the-workers"
+    done = subprocess.run(
+        [str(STREAMFLOW), "pipeline", "--seeds", str(missing), "--partitions", MONTHS[1]],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    (named,) = re.findall(
+        rf"the seeds location {re.escape(str(missing))} is not a readable directory "
+        rf"on host {re.escape(socket.gethostname())} \(pid (\d+)\)",
+        done.stderr,
+    )
+    assert int(named) in cluster.worker_pids, done.stderr
 
 
 def test_a_run_launched_with_the_broker_down_fails_at_once_naming_it(cluster: Cluster) -> None:
