@@ -213,6 +213,9 @@ def main() -> None:
     parser.add_argument("--max-iter", type=int, default=50)
     parser.add_argument("--chunk-rows", type=int, default=200_000)
     parser.add_argument("--train-max-rows", type=int, default=2_000_000)
+    parser.add_argument(
+        "--scratch", type=Path, help="a scratch dir of an earlier run, reused as it is"
+    )
     parser.add_argument("--save", action="store_true", help=f"write {REPORT.relative_to(REPO)}")
     args = parser.parse_args()
     args.before_rev, args.after_rev = (
@@ -226,10 +229,12 @@ def main() -> None:
     )
     load = f"Load average {os.getloadavg()[0]:.1f} at the start"
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bounded-steps-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="bounded-steps-") as temporary:
+        scratch = str(args.scratch or temporary)
         argv = [scratch, str(args.max_iter), str(args.seeds), str(args.chunk_rows)]
         argv.append(str(args.train_max_rows))
-        run(args.after, PREPARE, argv)
+        if args.scratch is None:
+            run(args.after, PREPARE, argv)
         import pyarrow.parquet as pq
 
         users = pq.read_metadata(
