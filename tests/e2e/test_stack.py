@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from streamflow_assets.core.settings import Settings
-from streamflow_assets.stack import Supervisor, create_databases, drop_databases
+from streamflow_assets.stack import CODE_SERVER, Supervisor, create_databases, drop_databases
 from tests.conftest import child_env
 from tests.e2e.browser import CHROMIUM, chromium
 from tests.profiles import free_port
@@ -143,7 +145,7 @@ def native_stack(
     data_dir = tmp_path_factory.mktemp("e2e") / "data"
     stem = f"streamflow_e2e_{uuid.uuid4().hex[:10]}"
     databases = {role: f"{stem}_{role}" for role in ("streamflow", "mlflow", "dagster")}
-    ports = {name: free_port() for name in ("mlflow", "dagster", "api")}
+    ports = {name: free_port() for name in ("mlflow", "dagster", "code", "api")}
     env = child_env(
         **{
             "STREAMFLOW_PROFILE": "postgres",
@@ -157,6 +159,7 @@ def native_stack(
             "STREAMFLOW_STACK_DAGSTER_DB": databases["dagster"],
             "STREAMFLOW_STACK_MLFLOW_PORT": str(ports["mlflow"]),
             "STREAMFLOW_STACK_DAGSTER_PORT": str(ports["dagster"]),
+            "STREAMFLOW_STACK_CODE_SERVER_PORT": str(ports["code"]),
             "STREAMFLOW_STACK_API_PORT": str(ports["api"]),
             "STREAMFLOW_STACK_MLFLOW_WORKERS": "1",
             "STREAMFLOW_STACK_START_TIMEOUT_SECONDS": "420",
@@ -271,6 +274,36 @@ def test_a_backfill_launched_like_the_ui_is_run_by_the_daemon_then_predict_answe
         if line and (line.startswith("# TYPE ") or not line.startswith("#"))
     }
     assert charted <= exported, charted - exported
+
+
+def test_the_webserver_the_daemon_and_their_runs_share_the_stacks_one_code_server(
+    native_stack: NativeStack, backfill: dict
+) -> None:
+    """After a backfill the daemon ran: no code server but the supervised `dagster-code` one
+    (the daemon used to start a fresh one every minute, the webserver one of its own)."""
+    assert backfill["runs"], "the backfill test says why"
+    running = Supervisor(native_stack.data_dir / "stack").running()
+    code_tree = _tree(running[CODE_SERVER])
+    everything = [process for pid in running.values() for process in _tree(pid)]
+    servers = [p for p in everything if _is_code_server(p)]
+    assert servers and set(servers) <= set(code_tree), [p.cmdline() for p in servers]
+    assert not any(
+        _is_code_server(p)
+        for name in ("dagster-webserver", "dagster-daemon")
+        for p in _tree(running[name])
+    )
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    process = psutil.Process(pid)
+    return [process, *process.children(recursive=True)]
+
+
+def _is_code_server(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        command = " ".join(process.cmdline())
+        return "api grpc" in command or "code-server start" in command
+    return False
 
 
 @pytest.mark.browser
