@@ -157,10 +157,7 @@ class ParquetSnapshotStore:
                 backup.unlink()
 
     def read(self, table: str, as_of: datetime) -> pd.DataFrame:
-        path = self.path(table, as_of)
-        if not path.is_file():
-            raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d} (no {path})")
-        return pq.read_table(path).to_pandas()
+        return pq.read_table(self._existing(table, as_of)).to_pandas()
 
     def read_batches(
         self, table: str, as_of: datetime, rows: int, columns: Sequence[str] | None = None
