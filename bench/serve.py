@@ -397,7 +397,11 @@ def write_redis(seeds: Path, env: dict[str, str]) -> None:
     store, snapshots = open_store(settings), build_resources(settings)["snapshots"].store()
     for key in months.seeded_months(seeds):
         as_of = months.as_of(key)
-        materialize_month(store, lambda table, as_of=as_of: snapshots.read(table, as_of), as_of)
+        materialize_month(
+            store,
+            lambda table, as_of=as_of: snapshots.read_batches(table, as_of, 200_000),
+            as_of,
+        )
 
 
 def main() -> None:

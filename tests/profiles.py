@@ -8,7 +8,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -95,8 +95,10 @@ def mlflow_server(database: str, artifacts: Path, log: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def profile(name: str, data_dir: Path, seeds: Path) -> Iterator[Settings]:
-    """The environment of one profile for a test module; yields its Settings."""
+def profile(
+    name: str, data_dir: Path, seeds: Path, env_vars: Mapping[str, str] | None = None
+) -> Iterator[Settings]:
+    """The environment of one profile for a test module (and `env_vars`); yields its Settings."""
     with contextlib.ExitStack() as stack:
         env = stack.enter_context(pytest.MonkeyPatch.context())
         for variable in [n for n in os.environ if n.startswith("STREAMFLOW_")]:
@@ -104,6 +106,8 @@ def profile(name: str, data_dir: Path, seeds: Path) -> Iterator[Settings]:
         env.setenv("STREAMFLOW_PROFILE", name)
         env.setenv("STREAMFLOW_DATA_DIR", str(data_dir))
         env.setenv("STREAMFLOW_SEEDS_DIR", str(seeds))
+        for variable, value in (env_vars or {}).items():
+            env.setenv(variable, value)
         if name in ("postgres", "cluster"):
             data, tracking, instance = stack.enter_context(
                 throwaway_databases("", "_mlflow", "_dagster")
@@ -127,7 +131,11 @@ def profile(name: str, data_dir: Path, seeds: Path) -> Iterator[Settings]:
 
 @contextlib.contextmanager
 def built_pipeline(
-    name: str, data_dir: Path, seeds: Path, assets: list[str] | None = None
+    name: str,
+    data_dir: Path,
+    seeds: Path,
+    assets: list[str] | None = None,
+    env_vars: Mapping[str, str] | None = None,
 ) -> Iterator[tuple[Settings, DagsterInstance]]:
     """Both real months through the monthly pipeline (or just `assets`) under one profile."""
     from dagster import instance_for_test
@@ -135,7 +143,10 @@ def built_pipeline(
     from streamflow_assets.definitions import build_definitions
     from streamflow_assets.pipeline import run_months
 
-    with profile(name, data_dir, seeds) as settings, instance_for_test() as instance:
+    with (
+        profile(name, data_dir, seeds, env_vars) as settings,
+        instance_for_test() as instance,
+    ):
         outcomes = run_months(
             ["2024-01", "2024-02"],
             defs=build_definitions(settings),

@@ -28,7 +28,7 @@ from streamflow_assets.core.features import (
 from streamflow_assets.core.snapshots import SnapshotStore
 from streamflow_assets.freshness import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
-from streamflow_assets.resources import FeatureStoreResource, SnapshotsResource
+from streamflow_assets.resources import FeatureStoreResource, LimitsResource, SnapshotsResource
 
 TRAINING_TABLE = "training_dataset"
 LABELS_TABLE = "labels_snapshots"
@@ -65,12 +65,15 @@ def online_features(
     context: AssetExecutionContext,
     feature_store: FeatureStoreResource,
     snapshots: SnapshotsResource,
+    limits: LimitsResource,
 ) -> MaterializeResult:
     """The month's features in Feast's online store; an older month never overwrites a newer one."""
     as_of = months.as_of(context.partition_key)
     tables = snapshots.store()
     store = feature_store.open()
-    stats = materialize_month(store, lambda table: tables.read(table, as_of), as_of)
+    stats = materialize_month(
+        store, lambda table: tables.read_batches(table, as_of, limits.chunk_rows), as_of
+    )
     online = store.provider.online_store
     newest = {
         view: online.newest_event_time(store.config, store.get_feature_view(view)) for view in stats

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -123,34 +124,42 @@ def _encoded(values: pd.Series, dtype: str) -> np.ndarray:
 
 
 def materialize_month(
-    store: FeatureStore, read_table: Callable[[str], pd.DataFrame], as_of: datetime
+    store: FeatureStore,
+    read_batches: Callable[[str], Iterator[pd.DataFrame]],
+    as_of: datetime,
 ) -> dict[str, WriteStats]:
     """Write one month's snapshot rows into the online store, every view in one transaction.
 
     Reads nothing but the month's own rows (no scan of every month as `feast materialize` does),
-    one source table at a time (`read_table`), and writes through the online store's guarded
-    upsert, so older months never win; a crash or a lost connection leaves the month online
-    whole or not at all. The Feast registry then records the materialized interval, as
-    `feast materialize` would.
+    a chunk of each source table at a time (`read_batches(table)` yields its rows in chunks),
+    so that memory is bounded by the chunk, not by the month, and writes through the online store's guarded upsert, so older months never win; a
+    crash or a lost connection leaves the month online whole or not at all. The Feast registry
+    then records the materialized interval, as `feast materialize` would.
     """
     online = store.provider.online_store
     views = {spec.name: store.get_feature_view(spec.name) for spec in FEATURE_VIEWS}
     version = store.config.entity_key_serialization_version
 
     def encoded() -> Iterator[EncodedView]:
-        users, keys = None, None
-        for spec in FEATURE_VIEWS:
-            # Sorted by user: the order that fills the online tables' B-trees in sequence.
-            df = read_table(spec.source_table).sort_values(JOIN_KEY, ignore_index=True)
-            ids = df[JOIN_KEY].to_numpy()
-            # The views of a month hold the same users: each key is serialized once.
-            if users is None or not np.array_equal(ids, users):
-                users, keys = ids, _entity_keys(ids, version)
-            yield EncodedView(
-                view=views[spec.name],
-                entity_keys=keys,
-                values={f.name: _encoded(df[f.name], f.dtype) for f in spec.features},
-            )
+        # The views' tables side by side, a chunk of each at a time; a table that lacks some
+        # users runs out of chunks first.
+        chunks = zip_longest(*(read_batches(spec.source_table) for spec in FEATURE_VIEWS))
+        for frames in chunks:
+            users, keys = None, None
+            for spec, df in zip(FEATURE_VIEWS, frames, strict=True):
+                if df is None:
+                    continue
+                # Sorted by user: the order that fills the online tables' B-trees in sequence.
+                df = df.sort_values(JOIN_KEY, ignore_index=True)
+                ids = df[JOIN_KEY].to_numpy()
+                # The views of a month hold the same users: each key is serialized once.
+                if users is None or not np.array_equal(ids, users):
+                    users, keys = ids, _entity_keys(ids, version)
+                yield EncodedView(
+                    view=views[spec.name],
+                    entity_keys=keys,
+                    values={f.name: _encoded(df[f.name], f.dtype) for f in spec.features},
+                )
 
     stats = online.write_encoded(store.config, encoded(), as_of)
     for view in views.values():

@@ -73,6 +73,10 @@ class WriteStats:
     def skipped_as_older(self) -> int:
         return self.offered - self.written
 
+    def __add__(self, other: WriteStats) -> WriteStats:
+        """Two chunks of a view's write, counted as one."""
+        return WriteStats(self.offered + other.offered, self.written + other.written)
+
 
 @dataclass(frozen=True)
 class EncodedView:
@@ -161,7 +165,9 @@ class _Monotonic:
                 )
                 accepted = self._upsert(handle, config, encoded.view, names, rows)
                 entities = len(encoded.entity_keys)
-                stats[encoded.view.name] = self._stats(accepted, entities * len(names), entities)
+                written = self._stats(accepted, entities * len(names), entities)
+                name = encoded.view.name
+                stats[name] = stats[name] + written if name in stats else written
         return stats
 
 
@@ -463,15 +469,17 @@ class MonotonicRedisOnlineStore(RedisOnlineStore):
         script), so a crash leaves some users at the new month and none rolled back, and the
         re-run completes the month.
         """
-        return {
-            encoded.view.name: WriteStats(
+        stats: dict[str, WriteStats] = {}
+        for encoded in views:
+            written = WriteStats(
                 offered=len(encoded.entity_keys),
                 written=self._write(
                     config, encoded.view, encoded.entity_keys, encoded.values, event_ts
                 ),
             )
-            for encoded in views
-        }
+            name = encoded.view.name
+            stats[name] = stats[name] + written if name in stats else written
+        return stats
 
     def online_write_batch(
         self,

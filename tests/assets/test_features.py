@@ -51,9 +51,14 @@ def built(
     request: pytest.FixtureRequest, real_seeds: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Built]:
     """Both real months through snapshots, registry, online store and training datasets, once
-    per profile: the same assertions hold for the local and the postgres stores."""
+    per profile: the same assertions hold for the local and the postgres stores. Chunks of
+    1,000 rows: the month's 7,043 users reach the online store in eight."""
     data_dir = tmp_path_factory.mktemp(f"features-{request.param}")
-    with built_pipeline(request.param, data_dir, real_seeds, FEATURE_ASSETS) as (settings, dagster):
+    chunked = {"STREAMFLOW_CHUNK_ROWS": "1000"}
+    with built_pipeline(request.param, data_dir, real_seeds, FEATURE_ASSETS, chunked) as (
+        settings,
+        dagster,
+    ):
         yield Built(settings, dagster, real_seeds)
 
 
@@ -114,7 +119,10 @@ def test_an_unknown_user_gets_nothing_online(built: Built) -> None:
 
 
 def test_online_features_match_the_training_rows_of_the_latest_month(built: Built) -> None:
-    """Train/serve consistency: what is served is what the model was trained on."""
+    """Train/serve consistency: what is served is what the model was trained on, for users of
+    every chunk the month was written in, and the asset counts every chunk's users."""
+    metadata = latest_metadata(built.instance, "online_features", "2024-02")
+    assert metadata["rows_written"] == 7043
     dataset = training(built.settings, "2024-02").sample(n=200, random_state=7)
     online = read_online(open_store(get_settings()), dataset[JOIN_KEY].tolist())
     served = model_inputs(online)

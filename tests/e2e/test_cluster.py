@@ -200,14 +200,18 @@ def test_features_are_read_back_from_redis_and_an_older_month_never_wins(
 
     # A backfill of January after February: Redis keeps February, and says so.
     january = months.as_of("2024-01")
-    stats = materialize_month(store, lambda table: snapshots.read(table, january), january)
+    stats = materialize_month(
+        store, lambda table: snapshots.read_batches(table, january, 200_000), january
+    )
     assert {(s.written, s.skipped_as_older) for s in stats.values()} == {(0, 7043)}
     assert reader.read(users[:100]).values == served.columns(range(100))
     online = store.provider.online_store
     for view in FEATURE_VIEWS:
         assert online.newest_event_time(store.config, store.get_feature_view(view.name)) == LATEST
     # The same month again is rewritten (a corrected re-run), not skipped as Feast's write would.
-    stats = materialize_month(store, lambda table: snapshots.read(table, LATEST), LATEST)
+    stats = materialize_month(
+        store, lambda table: snapshots.read_batches(table, LATEST, 200_000), LATEST
+    )
     assert {(s.written, s.skipped_as_older) for s in stats.values()} == {(7043, 0)}
 
 
