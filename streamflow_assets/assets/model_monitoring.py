@@ -117,24 +117,25 @@ def batch_scores(
     store = snapshots.store()
     # The ONNX twin /predict serves, on the same model inputs: the same probabilities.
     model = registry.compiled_model(champion.version)
-    parts = []
-    for features in _feature_chunks(store, key, limits.chunk_rows):
-        probability = model.predict_proba(model_inputs(features))
-        parts.append(
-            pd.DataFrame(
+    probabilities: list[np.ndarray] = []
+
+    def scored() -> Iterator[pd.DataFrame]:
+        for features in _feature_chunks(store, key, limits.chunk_rows):
+            probability = model.predict_proba(model_inputs(features)).astype("float64")
+            probabilities.append(probability)
+            yield pd.DataFrame(
                 {
                     JOIN_KEY: features[JOIN_KEY],
-                    "probability": probability.astype("float64"),
+                    "probability": probability,
                     "prediction": (probability >= DECISION_THRESHOLD).astype("int64"),
                     "model_version": str(champion.version),
                 }
             )
-        )
-    # The scores (a user id and three numbers a user) are what the step holds whole: the store
-    # writes a month's table at once.
-    scores = pd.concat(parts, ignore_index=True)
-    store.write_month(months.as_of(key), {BATCH_SCORES_TABLE: scores})
-    summary = score_summary(scores["probability"].to_numpy())
+
+    # Each chunk's scores go to the store as they are made; only the probabilities (8 bytes a
+    # user) stay, for the month's summary.
+    store.write_month(months.as_of(key), {BATCH_SCORES_TABLE: scored()})
+    summary = score_summary(np.concatenate(probabilities))
     return MaterializeResult(
         metadata={
             "status": "scored",

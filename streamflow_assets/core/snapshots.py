@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import tempfile
 import uuid
@@ -23,12 +24,18 @@ JOIN_KEY = "user_id"
 # DuckDB's share of a join (it spills the rest to a temporary directory): one thread, as every
 # step runs (`training.one_thread`), and a bound that does not grow with the month.
 _DUCKDB_BOUNDS = {"threads": 1, "memory_limit": "1GB", "preserve_insertion_order": True}
+# A table's rows: one frame, or its chunks (consumed one at a time, never gathered).
+Rows = pd.DataFrame | Iterable[pd.DataFrame]
 # A month's tables: a mapping, or (table, rows) pairs that the store takes one at a time.
-Frames = Mapping[str, pd.DataFrame] | Iterable[tuple[str, pd.DataFrame]]
+Frames = Mapping[str, Rows] | Iterable[tuple[str, Rows]]
 
 
-def _pairs(frames: Frames) -> Iterable[tuple[str, pd.DataFrame]]:
+def _pairs(frames: Frames) -> Iterable[tuple[str, Rows]]:
     return frames.items() if isinstance(frames, Mapping) else frames
+
+
+def _chunks(rows: Rows) -> Iterator[pd.DataFrame]:
+    return iter([rows]) if isinstance(rows, pd.DataFrame) else iter(rows)
 
 
 class SnapshotStore(Protocol):
@@ -119,20 +126,38 @@ class ParquetSnapshotStore:
     def _stage(self, as_of: datetime, frames: Frames) -> list[tuple[Path, Path]]:
         staged: list[tuple[Path, Path]] = []
         try:
-            for table, df in _pairs(frames):
+            for table, rows in _pairs(frames):
                 final = self.path(table, as_of)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 temp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
                 staged.append((temp, final))
-                arrow = pa.Table.from_pandas(with_as_of(df, as_of), preserve_index=False)
-                pq.write_table(arrow, temp)
-                with open(temp, "rb") as handle:
-                    os.fsync(handle.fileno())
+                self._write_file(temp, as_of, rows)
         except BaseException:
             for temp, _ in staged:
                 temp.unlink(missing_ok=True)
             raise
         return staged
+
+    @staticmethod
+    def _write_file(path: Path, as_of: datetime, rows: Rows) -> None:
+        """One Parquet file of the rows, a row group per chunk; the first chunk fixes the schema
+        (a later one is cast to it, or refused naming the column that does not fit)."""
+        writer: pq.ParquetWriter | None = None
+        try:
+            for chunk in _chunks(rows):
+                schema = writer.schema if writer else None
+                arrow = pa.Table.from_pandas(
+                    with_as_of(chunk, as_of), schema=schema, preserve_index=False
+                )
+                writer = writer or pq.ParquetWriter(path, arrow.schema)
+                writer.write_table(arrow)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            raise ValueError(f"no rows given for {path.parent.name}, not even an empty chunk")
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
 
     def _commit(self, staged: list[tuple[Path, Path]]) -> None:
         """Rename every staged file over its partition; on a failure, put the old files back."""
@@ -349,11 +374,13 @@ class PostgresSnapshotStore:
             for table, rows in _pairs(frames):
                 self._replace(conn, table, as_of, rows)
 
-    def _replace(
-        self, conn: psycopg.Connection, table: str, as_of: datetime, rows: pd.DataFrame
-    ) -> None:
+    def _replace(self, conn: psycopg.Connection, table: str, as_of: datetime, rows: Rows) -> None:
         name = sql.Identifier(table)
-        columns = _stored_columns(rows, as_of)
+        chunks = _chunks(rows)
+        first = next(chunks, None)
+        if first is None:
+            raise ValueError(f"no rows given for {table}, not even an empty chunk")
+        columns = _stored_columns(first, as_of)
         conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (table,))
         definitions = sql.SQL(", ").join(
             sql.SQL("{} {}").format(
@@ -376,10 +403,11 @@ class PostgresSnapshotStore:
             name, sql.SQL(", ").join(sql.Identifier(column) for column, _, _ in columns)
         )
         with conn.cursor().copy(copy_sql) as copy:
-            for start in range(0, len(rows), COPY_CHUNK_ROWS):
-                chunk = with_as_of(rows.iloc[start : start + COPY_CHUNK_ROWS], as_of)
-                # repr-exact floats
-                copy.write(chunk.to_csv(index=False, header=False, na_rep="\\N"))
+            for chunk in itertools.chain([first], chunks):
+                for start in range(0, len(chunk), COPY_CHUNK_ROWS):
+                    part = with_as_of(chunk.iloc[start : start + COPY_CHUNK_ROWS], as_of)
+                    # repr-exact floats
+                    copy.write(part.to_csv(index=False, header=False, na_rep="\\N"))
 
     def _columns(self, conn: psycopg.Connection, table: str) -> list[tuple[str, str, bool]]:
         found = conn.execute(

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from psycopg import conninfo
 
@@ -277,6 +278,32 @@ def test_a_stream_of_tables_that_fails_midway_writes_nothing(store: ParquetSnaps
     assert_month_equals(store, JANUARY, month_frames(0))
 
 
+def in_chunks(df: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
+    """A table handed over as a generator of chunks, as a step that never holds it whole does."""
+    for start in range(0, len(df), rows):
+        yield df.iloc[start : start + rows].reset_index(drop=True)
+
+
+def test_a_table_given_in_chunks_reads_back_as_the_whole(store: ParquetSnapshotStore) -> None:
+    frames = month_frames()
+    store.write_month(FEBRUARY, {table: in_chunks(df, 2) for table, df in frames.items()})
+    assert_month_equals(store, FEBRUARY, frames)
+    path = store.path("subscriptions_profile_snapshots", FEBRUARY)
+    assert pq.ParquetFile(path).num_row_groups == 2
+
+
+def test_a_chunk_that_does_not_fit_the_first_fails_and_writes_nothing(
+    store: ParquetSnapshotStore,
+) -> None:
+    store.write_month(JANUARY, month_frames(0))
+    before = files(store.root)
+    scores = pd.DataFrame({"user_id": ["a"], "probability": [0.5]})
+    broken = pd.DataFrame({"user_id": ["b"], "probability": ["high"]})
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError), match="probability|float|double"):
+        store.write_month(JANUARY, {"batch_scores": iter([scores, broken])})
+    assert files(store.root) == before
+
+
 # PostgreSQL: the same round trips through a real server, rows streamed in bounded chunks.
 
 
@@ -359,6 +386,17 @@ def test_postgres_writes_a_table_in_bounded_copy_chunks(
     pd.testing.assert_frame_equal(
         pg_store.read("payments_agg_90d_snapshots", JANUARY), with_as_of(rows, JANUARY)
     )
+
+
+@pytest.mark.postgres
+def test_postgres_a_table_given_in_chunks_reads_back_as_the_whole(
+    pg_store: PostgresSnapshotStore,
+) -> None:
+    frames = month_frames()
+    pg_store.write_month(FEBRUARY, {table: in_chunks(df, 2) for table, df in frames.items()})
+    for table, df in frames.items():
+        stored = by_user(pg_store.read(table, FEBRUARY))
+        pd.testing.assert_frame_equal(stored, with_as_of(df, FEBRUARY), check_exact=True)
 
 
 @pytest.mark.postgres

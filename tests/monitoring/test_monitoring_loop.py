@@ -94,7 +94,8 @@ def loop(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     _write_month(real_seeds / "month_001", seeds / "month_003", shift=True)
     (root / "dagster_home").mkdir()
     with (
-        profile("local", root / "var", seeds) as settings,
+        # Steps that stream the month do it in chunks of 1,000 users: 8 of them here.
+        profile("local", root / "var", seeds, {"STREAMFLOW_CHUNK_ROWS": "1000"}) as settings,
         instance_for_test(temp_dir=str(root / "dagster_home")) as instance,
         pytest.MonkeyPatch.context() as env,
     ):
