@@ -66,7 +66,7 @@ STEPS = {
     "churn_model": (
         "read the training table, split, fit, ONNX and its check, held-out scores",
         """
-from streamflow_assets.assets.features import content_hash
+from streamflow_assets.core.features import content_hash
 from streamflow_assets.core.training import to_onnx, train
 dataset = store.read("training_dataset", as_of).drop(columns=["as_of"])
 content_hash(dataset)

@@ -1,7 +1,6 @@
 """Features: the Feast registry, the online store a month at a time, point-in-time training sets."""
 
-import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from datetime import datetime
 
 import pandas as pd
@@ -15,14 +14,19 @@ from dagster import (
 )
 
 from streamflow_assets.core import months
-from streamflow_assets.core.feature_store import apply_definitions, materialize_month
+from streamflow_assets.core.feature_store import (
+    apply_definitions,
+    historical_batches,
+    materialize_month,
+)
 from streamflow_assets.core.features import (
     FEATURE_NAMES,
     FEATURE_SERVICE,
     FEATURE_VIEWS,
     JOIN_KEY,
     LABEL,
-    snapshot_mismatches,
+    ContentHash,
+    UsersFingerprint,
     with_stored_dtypes,
 )
 from streamflow_assets.core.snapshots import SnapshotStore
@@ -102,13 +106,6 @@ def online_features(
     )
 
 
-def content_hash(df: pd.DataFrame) -> str:
-    """A stable fingerprint of a dataset's rows and columns, recorded with the model it trains."""
-    digest = hashlib.sha256(",".join(df.columns).encode())
-    digest.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 ROWS_MATCH_LABELS = "training_rows_match_labels"
 POINT_IN_TIME = "training_features_point_in_time"
 NOT_ALL_NULL = "training_features_not_all_null"
@@ -139,10 +136,13 @@ def training_dataset(
     context: AssetExecutionContext,
     feature_store: FeatureStoreResource,
     snapshots: SnapshotsResource,
+    limits: LimitsResource,
 ) -> MaterializeResult:
     """The month's labelled users with their features joined point-in-time at as_of by Feast.
 
-    Its checks are evaluated here on the rows just built, not on a read of what was written.
+    The join's rows reach the store a chunk at a time, and its checks are evaluated on them as
+    they pass (the point-in-time comparison counted by the store's engine), not on a read of
+    what was written.
     """
     as_of = months.as_of(context.partition_key)
     tables = snapshots.store()
@@ -150,67 +150,60 @@ def training_dataset(
     entities = pd.DataFrame(
         {JOIN_KEY: labels[JOIN_KEY], "event_timestamp": labels["as_of"], LABEL: labels[LABEL]}
     )
-    labelled = labels[JOIN_KEY]
+    labelled = UsersFingerprint().add(labels[JOIN_KEY])
     del labels
     store = feature_store.open()
-    joined = store.get_historical_features(
-        entity_df=entities, features=store.get_feature_service(FEATURE_SERVICE)
-    ).to_df()
-    del entities
-    dataset = with_stored_dtypes(
-        joined[[JOIN_KEY, *FEATURE_NAMES, LABEL]].sort_values(JOIN_KEY, ignore_index=True)
-    )
-    del joined
-    tables.write_month(as_of, {TRAINING_TABLE: dataset})
-    nulls = dataset[FEATURE_NAMES].isna().sum()
+    joined, churners = UsersFingerprint(), 0
+    nulls = pd.Series(0, index=FEATURE_NAMES)
+    digest = ContentHash()
+
+    def chunks() -> Iterator[pd.DataFrame]:
+        nonlocal nulls, churners
+        for batch in historical_batches(store, entities, limits.chunk_rows):
+            chunk = with_stored_dtypes(batch[[JOIN_KEY, *FEATURE_NAMES, LABEL]])
+            joined.add(chunk[JOIN_KEY])
+            nulls += chunk[FEATURE_NAMES].isna().sum()
+            churners += int(chunk[LABEL].sum())
+            digest.update(chunk)
+            yield chunk
+
+    tables.write_month(as_of, {TRAINING_TABLE: chunks()})
     return MaterializeResult(
         metadata={
-            "dagster/row_count": len(dataset),
+            "dagster/row_count": joined.rows,
             "as_of": as_of.date().isoformat(),
-            "churn_rate": round(float(dataset[LABEL].mean()), 4),
+            "churn_rate": round(churners / joined.rows, 4) if joined.rows else float("nan"),
             "feature_service": FEATURE_SERVICE,
             "features": ", ".join(FEATURE_NAMES),
             "null_counts": {name: int(n) for name, n in nulls.items()},
-            "content_hash": content_hash(dataset),
+            "content_hash": digest.hexdigest(),
         },
         check_results=[
-            _rows_match_labels(dataset, labelled),
-            _point_in_time(dataset, tables, as_of),
-            _not_all_null(nulls, len(dataset)),
+            _rows_match_labels(joined, labelled),
+            _point_in_time(tables, as_of),
+            _not_all_null(nulls, joined.rows),
         ],
     )
 
 
-def _rows_match_labels(dataset: pd.DataFrame, labelled: pd.Series) -> AssetCheckResult:
-    same_users = set(dataset[JOIN_KEY]) == set(labelled)
+def _rows_match_labels(joined: UsersFingerprint, labelled: UsersFingerprint) -> AssetCheckResult:
     return AssetCheckResult(
         check_name=ROWS_MATCH_LABELS,
-        passed=len(dataset) == len(labelled) and same_users,
-        metadata={"rows": len(dataset), "labels": len(labelled), "same_users": same_users},
+        passed=joined == labelled,
+        metadata={
+            "rows": joined.rows,
+            "labels": labelled.rows,
+            "same_users": joined.digest == labelled.digest,
+        },
     )
 
 
-class _MonthSnapshots(Mapping[str, pd.DataFrame]):
-    """The month's feature snapshot tables, each read when asked for and let go after."""
-
-    def __init__(self, store: SnapshotStore, as_of: datetime):
-        self.store, self.as_of = store, as_of
-
-    def __getitem__(self, table: str) -> pd.DataFrame:
-        return self.store.read(table, self.as_of)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(_FEATURE_TABLES)
-
-    def __len__(self) -> int:
-        return len(_FEATURE_TABLES)
-
-
-def _point_in_time(dataset: pd.DataFrame, store: SnapshotStore, as_of: datetime):
+def _point_in_time(store: SnapshotStore, as_of: datetime) -> AssetCheckResult:
     # Feast's offline retrieval returns values, not the event time of the row that supplied them,
     # so the check compares with the month's snapshots: a user present at as_of must carry
     # exactly those values; a later snapshot's values (leakage) or an earlier one's would differ.
-    mismatched = snapshot_mismatches(dataset, _MonthSnapshots(store, as_of))
+    views = {view.source_table: [f.name for f in view.features] for view in FEATURE_VIEWS}
+    mismatched = store.mismatches(TRAINING_TABLE, views, as_of)
     return AssetCheckResult(
         check_name=POINT_IN_TIME,
         passed=not mismatched,

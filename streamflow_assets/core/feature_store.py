@@ -6,6 +6,7 @@ import contextlib
 import os
 import string
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +28,7 @@ from feast.value_type import ValueType
 from streamflow_assets.core.features import FEATURE_SERVICE, FEATURE_VIEWS, JOIN_KEY
 from streamflow_assets.core.online_store import EncodedView, WriteStats
 from streamflow_assets.core.settings import Settings
+from streamflow_assets.core.snapshots import DUCKDB_BOUNDS
 
 _VALUE_TYPES = {
     "Int64": ValueType.INT64,
@@ -132,9 +134,10 @@ def materialize_month(
 
     Reads nothing but the month's own rows (no scan of every month as `feast materialize` does),
     a chunk of each source table at a time (`read_batches(table)` yields its rows in chunks),
-    so that memory is bounded by the chunk, not by the month, and writes through the online store's guarded upsert, so older months never win; a
-    crash or a lost connection leaves the month online whole or not at all. The Feast registry
-    then records the materialized interval, as `feast materialize` would.
+    so that memory is bounded by the chunk, not by the month, and writes through the online
+    store's guarded upsert, so older months never win; a crash or a lost connection leaves the
+    month online whole or not at all. The Feast registry then records the materialized
+    interval, as `feast materialize` would.
     """
     online = store.provider.online_store
     views = {spec.name: store.get_feature_view(spec.name) for spec in FEATURE_VIEWS}
@@ -167,6 +170,36 @@ def materialize_month(
             view, store.project, as_of, as_of + timedelta(seconds=1), commit=True
         )
     return stats
+
+
+def historical_batches(
+    store: FeatureStore, entities: pd.DataFrame, rows: int
+) -> Iterator[pd.DataFrame]:
+    """Feast's point-in-time join of `entities` with the feature service, in user_id order,
+    `rows` at a time as pandas: the result is held as Arrow (a few dozen bytes a user), never
+    as the month's pandas objects.
+
+    Feast's file offline store joins in ibis' default DuckDB, which by default may take 80 % of
+    the machine's memory: it is bounded here as the snapshot store's joins are, spilling to a
+    temporary directory. (Its job cannot stream the result: ibis 12's `to_pyarrow_batches`
+    calls a DuckDB method that DuckDB 2.0 no longer has.)
+    """
+    import ibis
+
+    previous = ibis.options.default_backend
+    with tempfile.TemporaryDirectory(prefix="streamflow-pit-") as spill:
+        engine = ibis.duckdb.connect(**DUCKDB_BOUNDS, temp_directory=spill)
+        ibis.options.default_backend = engine
+        try:
+            job = store.get_historical_features(
+                entity_df=entities, features=store.get_feature_service(FEATURE_SERVICE)
+            )
+            joined = job.to_arrow().sort_by(JOIN_KEY)
+        finally:
+            ibis.options.default_backend = previous
+            engine.disconnect()
+    for batch in joined.to_batches(max_chunksize=rows):
+        yield batch.to_pandas()
 
 
 def read_online(store: FeatureStore, user_ids: list[str]) -> pd.DataFrame:

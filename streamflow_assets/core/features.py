@@ -6,6 +6,7 @@ Training (from Feast's offline store) and serving (from its online store) both g
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -175,23 +176,42 @@ def to_model_frame(raw: pd.DataFrame | Mapping[str, Sequence[Any]]) -> pd.DataFr
     return pd.DataFrame(model_inputs(raw))
 
 
-def snapshot_mismatches(
-    dataset: pd.DataFrame, snapshots: Mapping[str, pd.DataFrame]
-) -> dict[str, int]:
-    """Per feature, the rows of a training set whose value differs from the same month's snapshot.
+class ContentHash:
+    """A stable fingerprint of a dataset's columns and rows, fed a chunk at a time: row hashes in
+    order, so the digest does not depend on how the rows were cut. Recorded with the model."""
 
-    A point-in-time join at a month's as_of must return that month's snapshot for every user it
-    holds: a later month's value would be leakage, an earlier month's a stale join. Users absent
-    from the month's snapshot are not compared (an older snapshot within the TTL may serve them).
-    """
-    mismatched: dict[str, int] = {}
-    for view in FEATURE_VIEWS:
-        names = [f.name for f in view.features]
-        snapshot = snapshots[view.source_table][[JOIN_KEY, *names]]
-        both = dataset[[JOIN_KEY, *names]].merge(snapshot, on=JOIN_KEY, suffixes=("", "_snap"))
-        for name in names:
-            ours, theirs = both[name], both[f"{name}_snap"]
-            same = (ours == theirs).fillna(False).astype(bool) | (ours.isna() & theirs.isna())
-            if count := int((~same).sum()):
-                mismatched[name] = count
-    return mismatched
+    def __init__(self) -> None:
+        self._digest: Any = None
+
+    def update(self, rows: pd.DataFrame) -> None:
+        if self._digest is None:
+            self._digest = hashlib.sha256(",".join(rows.columns).encode())
+        self._digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+
+    def hexdigest(self) -> str:
+        if self._digest is None:
+            raise ValueError("no rows were hashed")
+        return self._digest.hexdigest()[:16]
+
+
+def content_hash(rows: pd.DataFrame) -> str:
+    """`ContentHash` of a whole frame."""
+    digest = ContentHash()
+    digest.update(rows)
+    return digest.hexdigest()
+
+
+@dataclass
+class UsersFingerprint:
+    """Which users a table holds, in constant space, fed a chunk of ids at a time: their count
+    and the sum of their ids' 64-bit hashes (order-free: equal sets of users give equal
+    fingerprints, different ones almost surely not)."""
+
+    rows: int = 0
+    digest: int = 0
+
+    def add(self, user_ids: pd.Series) -> UsersFingerprint:
+        hashes = pd.util.hash_array(user_ids.to_numpy(dtype=object))
+        self.rows += len(hashes)
+        self.digest = (self.digest + int(hashes.sum(dtype=np.uint64))) % 2**64
+        return self

@@ -23,7 +23,7 @@ AS_OF = "as_of"
 JOIN_KEY = "user_id"
 # DuckDB's share of a join (it spills the rest to a temporary directory): one thread, as every
 # step runs (`training.one_thread`), and a bound that does not grow with the month.
-_DUCKDB_BOUNDS = {"threads": 1, "memory_limit": "1GB", "preserve_insertion_order": True}
+DUCKDB_BOUNDS = {"threads": 1, "memory_limit": "1GB", "preserve_insertion_order": True}
 # A table's rows: one frame, or its chunks (consumed one at a time, never gathered).
 Rows = pd.DataFrame | Iterable[pd.DataFrame]
 # A month's tables: a mapping, or (table, rows) pairs that the store takes one at a time.
@@ -72,6 +72,23 @@ class SnapshotStore(Protocol):
 
     def row_count(self, table: str, as_of: datetime) -> int | None:
         """Rows of one partition without reading it; None when it was never written."""
+
+    def mismatches(
+        self, table: str, others: Mapping[str, Sequence[str]], as_of: datetime
+    ) -> dict[str, int]:
+        """Per column of each of the `others`, how many users of `table`'s partition hold a
+        value other than their row of that table in the same as_of (users in both are
+        compared; two missing values are equal). Counted by the engine, nothing read whole."""
+
+
+def _mismatch_sql(table: str, other: str, columns: Sequence[str]) -> str:
+    """The counts of `mismatches` for one other table; `table` and `other` are subqueries."""
+    counts = ", ".join(f"count(*) FILTER (WHERE a.{c} IS DISTINCT FROM b.{c})" for c in columns)
+    return f"SELECT {counts} FROM ({table}) AS a JOIN ({other}) AS b USING ({JOIN_KEY})"
+
+
+def _nonzero(columns: Sequence[str], counts: Sequence[int]) -> dict[str, int]:
+    return {column: int(n) for column, n in zip(columns, counts, strict=True) if n}
 
 
 def _join_sql(
@@ -207,7 +224,7 @@ class ParquetSnapshotStore:
         }
         with (
             tempfile.TemporaryDirectory(prefix="streamflow-join-") as spill,
-            duckdb.connect(config=_DUCKDB_BOUNDS | {"temp_directory": spill}) as db,
+            duckdb.connect(config=DUCKDB_BOUNDS | {"temp_directory": spill}) as db,
         ):
             # Its progress bar would be printed on stdout during a long join.
             db.execute("SET enable_progress_bar = false")
@@ -224,6 +241,25 @@ class ParquetSnapshotStore:
     def row_count(self, table: str, as_of: datetime) -> int | None:
         path = self.path(table, as_of)
         return pq.read_metadata(path).num_rows if path.is_file() else None
+
+    def mismatches(
+        self, table: str, others: Mapping[str, Sequence[str]], as_of: datetime
+    ) -> dict[str, int]:
+        import duckdb
+
+        def source(name: str) -> str:
+            return f"SELECT * FROM read_parquet({_sql_text(str(self._existing(name, as_of)))})"
+
+        found: dict[str, int] = {}
+        with (
+            tempfile.TemporaryDirectory(prefix="streamflow-check-") as spill,
+            duckdb.connect(config=DUCKDB_BOUNDS | {"temp_directory": spill}) as db,
+        ):
+            db.execute("SET enable_progress_bar = false")
+            for other, columns in others.items():
+                query = _mismatch_sql(source(table), source(other), columns)
+                found |= _nonzero(columns, db.execute(query).fetchone())
+        return found
 
     def as_ofs(self, table: str) -> list[datetime]:
         folder = self.root / table
@@ -512,3 +548,18 @@ class PostgresSnapshotStore:
             query = sql.SQL("SELECT count(*) FROM {} WHERE as_of = %s")
             (count,) = conn.execute(query.format(sql.Identifier(table)), (as_of,)).fetchone()
         return count or None
+
+    def mismatches(
+        self, table: str, others: Mapping[str, Sequence[str]], as_of: datetime
+    ) -> dict[str, int]:
+        when = sql.Literal(as_of).as_string()
+
+        def source(name: str) -> str:
+            return f"SELECT * FROM {name} WHERE as_of = {when}"
+
+        found: dict[str, int] = {}
+        with self._connect() as conn:
+            for other, columns in others.items():
+                query = _mismatch_sql(source(table), source(other), columns)
+                found |= _nonzero(columns, conn.execute(query).fetchone())
+        return found

@@ -16,7 +16,13 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance
 
 from streamflow_assets.core import months
 from streamflow_assets.core.feature_store import open_store, read_online
-from streamflow_assets.core.features import FEATURE_NAMES, FEATURES, JOIN_KEY, model_inputs
+from streamflow_assets.core.features import (
+    FEATURE_NAMES,
+    FEATURES,
+    JOIN_KEY,
+    UsersFingerprint,
+    model_inputs,
+)
 from streamflow_assets.core.seeds import TABLES
 from streamflow_assets.core.settings import Settings, get_settings
 from streamflow_assets.resources import build_resources
@@ -252,16 +258,23 @@ def test_the_training_checks_fail_on_a_broken_dataset(built: Built) -> None:
 
     store = build_resources(built.settings)["snapshots"].store()
     as_of = months.as_of("2024-02")
-    dataset = training(built.settings, "2024-02")
-    labelled = store.read("labels_snapshots", as_of)[JOIN_KEY]
-    assert _rows_match_labels(dataset, labelled).passed
-    assert not _rows_match_labels(dataset.iloc[1:], labelled).passed
-    assert _point_in_time(dataset, store, as_of).passed
-    # A later month's value for one user (leakage) and for one other feature.
+    dataset = training(built.settings, "2024-02").drop(columns="as_of")
+    labelled = UsersFingerprint().add(store.read("labels_snapshots", as_of)[JOIN_KEY])
+    assert _rows_match_labels(UsersFingerprint().add(dataset[JOIN_KEY]), labelled).passed
+    assert not _rows_match_labels(UsersFingerprint().add(dataset[JOIN_KEY][1:]), labelled).passed
+    other_user = dataset[JOIN_KEY].where(dataset.index != 0, "0000-NOONE")
+    assert not _rows_match_labels(UsersFingerprint().add(other_user), labelled).passed
+    assert _point_in_time(store, as_of).passed
+    # A later month's value for one user (leakage) and for one other feature, stored in place
+    # of the month's training set for the check to count, then put back.
     leaked = dataset.copy()
     leaked.loc[3, "monthly_fee"] += 1.0
     leaked.loc[5, "watch_hours_30d"] += 0.5
-    result = _point_in_time(leaked, store, as_of)
+    store.write_month(as_of, {"training_dataset": leaked})
+    try:
+        result = _point_in_time(store, as_of)
+    finally:
+        store.write_month(as_of, {"training_dataset": dataset})
     assert not result.passed
     assert result.metadata["mismatched_values"].value == {"monthly_fee": 1, "watch_hours_30d": 1}
     nulls = dataset[FEATURE_NAMES].isna().sum()

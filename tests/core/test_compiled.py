@@ -192,7 +192,7 @@ def test_held_out_rows_are_scored_chunk_by_chunk_in_stored_order() -> None:
 
 
 def test_the_chunked_dataset_hash_is_the_whole_tables() -> None:
-    from streamflow_assets.assets.features import content_hash
+    from streamflow_assets.core.features import content_hash
 
     dataset = _dataset(1_000).assign(as_of=pd.Timestamp("2024-01-31", tz="UTC"))
     labels, digest = labels_and_hash(_chunked(dataset, 300)())

@@ -304,6 +304,24 @@ def test_a_chunk_that_does_not_fit_the_first_fails_and_writes_nothing(
     assert files(store.root) == before
 
 
+def mismatch_case(store) -> dict[str, int]:
+    """A copy of the month's subscriptions with one fee changed and one empty flag filled, and
+    a user the month lacks: counted per column, the extra user not compared."""
+    frames = month_frames()
+    store.write_month(FEBRUARY, frames)
+    copy = frames["subscriptions_profile_snapshots"].copy()
+    copy.loc[1, "monthly_fee"] += 1.0
+    copy["plan_stream_movies"] = pd.array([None, True, True], dtype="boolean")
+    extra = copy.iloc[[0]].assign(user_id="z", monthly_fee=-1.0)
+    store.write_month(FEBRUARY, {"copy": pd.concat([copy, extra], ignore_index=True)})
+    columns = ["months_active", "plan_stream_tv", "plan_stream_movies", "monthly_fee"]
+    return store.mismatches("copy", {"subscriptions_profile_snapshots": columns}, FEBRUARY)
+
+
+def test_mismatches_are_counted_per_column_by_the_engine(store: ParquetSnapshotStore) -> None:
+    assert mismatch_case(store) == {"plan_stream_movies": 1, "monthly_fee": 1}
+
+
 # PostgreSQL: the same round trips through a real server, rows streamed in bounded chunks.
 
 
@@ -397,6 +415,13 @@ def test_postgres_a_table_given_in_chunks_reads_back_as_the_whole(
     for table, df in frames.items():
         stored = by_user(pg_store.read(table, FEBRUARY))
         pd.testing.assert_frame_equal(stored, with_as_of(df, FEBRUARY), check_exact=True)
+
+
+@pytest.mark.postgres
+def test_postgres_mismatches_are_counted_per_column_by_the_engine(
+    pg_store: PostgresSnapshotStore,
+) -> None:
+    assert mismatch_case(pg_store) == {"plan_stream_movies": 1, "monthly_fee": 1}
 
 
 @pytest.mark.postgres
