@@ -52,8 +52,8 @@ print(json.dumps({"seconds": time.perf_counter() - started, "imported_mb": impor
 # Writes the month's training table (labels and features, as `training_dataset` holds them).
 PREPARE = """
 from streamflow_assets.core.monitoring import month_features
-from streamflow_assets.core.seeds import iter_month
-tables = dict(iter_month(Path(sys.argv[3]) / "month_000"))
+from streamflow_assets.core.seeds import read_month
+tables = read_month(Path(sys.argv[3]) / "month_000")
 store.write_month(as_of, tables)
 features = month_features({t: tables[t] for t in SNAPSHOT_TABLES})
 labels = tables["labels_snapshots"][["user_id", LABEL]]

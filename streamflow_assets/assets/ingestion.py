@@ -1,5 +1,7 @@
 """Ingestion: a month of seed CSVs becomes six validated snapshot tables, keyed (user_id, as_of)."""
 
+from collections.abc import Iterator
+
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -23,6 +25,8 @@ from streamflow_assets.core.seeds import (
     TABLES,
     TABLES_BY_SNAPSHOT,
     USERS,
+    Findings,
+    KnownUsers,
     SeedTable,
     stored_problems,
     unknown_user_problems,
@@ -30,7 +34,12 @@ from streamflow_assets.core.seeds import (
 from streamflow_assets.core.snapshots import SnapshotStore
 from streamflow_assets.jobs import MONTHLY_PIPELINE
 from streamflow_assets.partitions import monthly_partitions
-from streamflow_assets.resources import SeedsResource, SnapshotsResource, run_config_for
+from streamflow_assets.resources import (
+    LimitsResource,
+    SeedsResource,
+    SnapshotsResource,
+    run_config_for,
+)
 
 # Warn when a table's row count moves more than this fraction against the previous month.
 ROW_COUNT_CHANGE_WARNING = 0.2
@@ -84,62 +93,84 @@ def _check_specs(table: SeedTable) -> list[AssetCheckSpec]:
     partitions_def=monthly_partitions,
 )
 def monthly_snapshots(
-    context: AssetExecutionContext, seeds: SeedsResource, snapshots: SnapshotsResource
+    context: AssetExecutionContext,
+    seeds: SeedsResource,
+    snapshots: SnapshotsResource,
+    limits: LimitsResource,
 ):
     """Parse, validate and store one month of seeds; a bad file fails the month, writing nothing.
 
-    The checks are evaluated here, on each table as it is handed to the store (which stores it
+    Each table reaches the store a chunk (`STREAMFLOW_CHUNK_ROWS`) at a time, and the checks
+    are evaluated here, on the chunks as they are handed to the store (which stores them
     exactly, dtypes included), instead of reading every table back: the contract blocks what is
     downstream when it fails, the row-count change warns.
     """
     key = context.partition_key
     as_of = months.as_of(key)
     store = snapshots.store()
-    facts: dict[str, dict] = {}
-    contracts: dict[str, AssetCheckResult] = {}
-    users: pd.Series | None = None
+    stored: dict[str, _StoredTable] = {}
 
     def validated_tables():
-        nonlocal users
-        # Each table is staged by the store as it comes and let go: one in memory at a time
-        # (and the users' ids, which the other tables' contracts need).
-        for name, df in seeds.iter_month(key):
+        users = None
+        for name, chunks in seeds.iter_month(key, limits.chunk_rows):
             table = TABLES_BY_SNAPSHOT[name]
+            stored[name] = _StoredTable(table, users)
+            yield name, stored[name].watch(chunks)
             if table is USERS:  # the first table of every month
-                users = df["user_id"]
-            facts[name] = {
-                "dagster/row_count": len(df),
-                "null_counts": {c: int(n) for c, n in df.isna().sum().items() if n},
-                "preview": _preview(df),
-            }
-            contracts[name] = _contract(table, df, users)
-            yield name, df
+                users = stored[name].known_users()
 
     store.write_month(as_of, validated_tables())
     for table in TABLES:
-        rows = facts[table.snapshot]["dagster/row_count"]
+        facts = stored[table.snapshot]
         yield MaterializeResult(
             asset_key=table.snapshot,
             metadata={
-                **facts[table.snapshot],
+                "dagster/row_count": facts.rows,
+                "null_counts": {c: int(n) for c, n in facts.nulls.items() if n},
+                "preview": facts.preview,
                 "as_of": as_of.date().isoformat(),
                 "seeds_folder": str(seeds.folder(key)),
             },
-            check_results=[contracts[table.snapshot], _row_count_change(store, table, key, rows)],
+            check_results=[facts.contract(), _row_count_change(store, table, key, facts.rows)],
         )
 
 
-def _contract(table: SeedTable, df: pd.DataFrame, users: pd.Series | None) -> AssetCheckResult:
-    """The stored form's columns, dtypes and rules, and its users known to the month's users."""
-    problems = stored_problems(table, df)
-    if not problems and table is not USERS:
-        problems = unknown_user_problems(table, df, users)
-    return AssetCheckResult(
-        asset_key=table.snapshot,
-        check_name=CONTRACT,
-        passed=not problems,
-        metadata={"rows": len(df), "problems": MetadataValue.md(_bullets(problems))},
-    )
+class _StoredTable:
+    """What the checks and the metadata need of a table, gathered from its chunks as they pass
+    to the store: counts, a preview, the contract's problems (and the users' ids)."""
+
+    def __init__(self, table: SeedTable, users: KnownUsers | None):
+        self.table, self.users = table, users
+        self.rows = 0
+        self.nulls = pd.Series(0, index=table.column_names)
+        self.preview: MetadataValue | None = None
+        self.problems = Findings()
+        self._hashes: list = []
+
+    def watch(self, chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for df in chunks:
+            self.rows += len(df)
+            self.nulls = self.nulls.add(df.isna().sum(), fill_value=0)
+            self.preview = self.preview or _preview(df)
+            # The stored form's columns, dtypes and rules, and its users known to the month's.
+            self.problems.add(stored_problems(self.table, df, whole=False))
+            if self.table is USERS:
+                self._hashes.append(KnownUsers.hashes(df["user_id"]))
+            elif self.users is not None:
+                self.problems.add(unknown_user_problems(self.table, df, self.users))
+            yield df
+
+    def known_users(self) -> KnownUsers:
+        return KnownUsers(self._hashes)
+
+    def contract(self) -> AssetCheckResult:
+        problems = self.problems.list()
+        return AssetCheckResult(
+            asset_key=self.table.snapshot,
+            check_name=CONTRACT,
+            passed=not problems,
+            metadata={"rows": self.rows, "problems": MetadataValue.md(_bullets(problems))},
+        )
 
 
 def _row_count_change(

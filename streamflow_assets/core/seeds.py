@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -218,11 +218,14 @@ def _parse_column(
     return parsed, None
 
 
-def find_problems(table: SeedTable, df: pd.DataFrame) -> list[Problem]:
-    """Rules on typed values: keys, ranges, categories, nullable flags. Also run on stored data."""
+def find_problems(table: SeedTable, df: pd.DataFrame, whole: bool = True) -> list[Problem]:
+    """Rules on typed values: keys, ranges, categories, nullable flags. Also run on stored data.
+
+    `whole=False` for a chunk of a table: the rules of a table as a whole (some rows, unique
+    user_ids) are then the caller's."""
     problems: list[Problem] = []
     file = table.file
-    if df.empty:
+    if df.empty and whole:
         return [Problem(file, None, "no rows")]
     ids = df["user_id"]
     missing = ids.isna() | (ids.astype("string").str.len() == 0)
@@ -231,7 +234,7 @@ def find_problems(table: SeedTable, df: pd.DataFrame) -> list[Problem]:
             Problem(file, "user_id", "empty user_id", _examples(df, missing, "user_id"))
         )
     duplicated = ids.duplicated(keep=False) & ~missing
-    if duplicated.any():
+    if whole and duplicated.any():
         problems.append(
             Problem(file, "user_id", "duplicate user_id", _examples(df, duplicated, "user_id"))
         )
@@ -276,8 +279,9 @@ _STORED_DTYPES = {
 }
 
 
-def stored_problems(table: SeedTable, df: pd.DataFrame) -> list[Problem]:
-    """Whether a stored snapshot still has the contract's columns, types and rules."""
+def stored_problems(table: SeedTable, df: pd.DataFrame, whole: bool = True) -> list[Problem]:
+    """Whether a stored snapshot (or a chunk of it, `whole=False`) still has the contract's
+    columns, types and rules."""
     file = table.snapshot
     expected = table.column_names
     actual = [c for c in df.columns if c != "as_of"]
@@ -288,43 +292,77 @@ def stored_problems(table: SeedTable, df: pd.DataFrame) -> list[Problem]:
         for c in table.columns
         if str(df[c.name].dtype) != _STORED_DTYPES[c.kind]
     ]
-    return wrong or find_problems(table, df)
+    return wrong or find_problems(table, df, whole)
 
 
-def unknown_user_problems(table: SeedTable, df: pd.DataFrame, users: pd.Series) -> list[Problem]:
-    """Every user_id of a month's table must exist in its users table (`users`: its user_ids)."""
-    orphan = ~_isin(df["user_id"], users)
+class KnownUsers:
+    """The user_ids of a month's users table as sorted 64-bit hashes (8 bytes a user, not the
+    ids' text), so that another table's ids are looked up chunk by chunk in a binary search."""
+
+    def __init__(self, hashes: Iterable[np.ndarray] = ()):
+        parts = list(hashes)
+        self._sorted = np.sort(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
+
+    @staticmethod
+    def hashes(ids: pd.Series) -> np.ndarray:
+        return pd.util.hash_array(ids.to_numpy(dtype=object))
+
+    def known(self, ids: pd.Series) -> np.ndarray:
+        """Whether each id is one of the users' (a 64-bit hash collision aside)."""
+        wanted = self.hashes(ids)
+        if not len(self._sorted):
+            return np.zeros(len(wanted), dtype=bool)
+        at = np.searchsorted(self._sorted, wanted).clip(max=len(self._sorted) - 1)
+        return self._sorted[at] == wanted
+
+
+def unknown_user_problems(table: SeedTable, df: pd.DataFrame, users: KnownUsers) -> list[Problem]:
+    """Every user_id of a month's table must exist in its users table."""
+    orphan = pd.Series(~users.known(df["user_id"]), index=df.index)
     if not orphan.any():
         return []
     message = f"user_id not in {USERS.file}"
     return [Problem(table.file, "user_id", message, _examples(df, orphan, "user_id"))]
 
 
-def parse_table(path: Path, table: SeedTable) -> tuple[pd.DataFrame | None, list[Problem]]:
-    """Read one CSV as text and turn it into typed columns, collecting every problem found."""
-    file = f"{path.parent.name}/{path.name}"
-    if not path.is_file():
-        return None, [Problem(file, None, "file is missing")]
-    if path.stat().st_size == 0:
-        return None, [Problem(file, None, "file is empty")]
-    try:
-        # Blank lines are read as empty rows and then dropped, so that the index of every row
-        # that remains still gives its line in the file (index + 2) for error messages.
-        raw = pd.read_csv(
-            path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False
-        )
-        raw = raw[~(raw == "").all(axis=1)]
-    except pd.errors.EmptyDataError:
-        return None, [Problem(file, None, "file is empty")]
-    except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        return None, [Problem(file, None, f"not a readable CSV: {error}")]
+class Findings:
+    """The problems of one file, merged across its chunks: one per column and message, with the
+    first MAX_EXAMPLES offending rows."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, str | None, str], Problem] = {}
+
+    def add(self, problems: Iterable[Problem]) -> None:
+        for problem in problems:
+            key = (problem.file, problem.column, problem.message)
+            seen = self._found.setdefault(key, problem)
+            if seen is not problem and len(seen.examples) < MAX_EXAMPLES:
+                examples = (seen.examples + problem.examples)[:MAX_EXAMPLES]
+                self._found[key] = replace(seen, examples=examples)
+
+    def __bool__(self) -> bool:
+        return bool(self._found)
+
+    def list(self) -> list[Problem]:
+        return list(self._found.values())
+
+
+# Every cell as its text: nothing guessed missing, blank lines kept (and dropped by the parser).
+_CSV_TEXT = {"keep_default_na": False, "na_filter": False, "skip_blank_lines": False}
+
+
+def _header_problems(path: Path, table: SeedTable, file: str) -> list[Problem]:
+    header = pd.read_csv(path, dtype=str, nrows=0, **_CSV_TEXT).columns
     expected = table.column_names
-    missing = [c for c in expected if c not in raw.columns]
-    unexpected = [c for c in raw.columns if c not in expected]
-    if missing or unexpected:
-        return None, [Problem(file, c, "missing column") for c in missing] + [
-            Problem(file, c, "unexpected column") for c in unexpected
-        ]
+    return [Problem(file, c, "missing column") for c in expected if c not in header] + [
+        Problem(file, c, "unexpected column") for c in header if c not in expected
+    ]
+
+
+def _parse_chunk(
+    raw: pd.DataFrame, table: SeedTable, file: str
+) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """Typed columns of a chunk of text rows, and every problem found in it."""
     typed: dict[str, pd.Series] = {}
     problems: list[Problem] = []
     for col in table.columns:
@@ -335,35 +373,134 @@ def parse_table(path: Path, table: SeedTable) -> tuple[pd.DataFrame | None, list
             typed[col.name] = series
     if problems:
         return None, problems
-    df = pd.DataFrame(typed, columns=expected)
-    return df, find_problems(table, df)
+    df = pd.DataFrame(typed, columns=table.column_names)
+    return df, find_problems(table, df, whole=False)
 
 
-def iter_month(folder: Path) -> Iterator[tuple[str, pd.DataFrame]]:
-    """Parse and validate the six CSVs of one month folder, yielding (snapshot table, rows).
+def _duplicate_problems(file: str, ids: list[pa.Array], lines: list[np.ndarray]) -> list[Problem]:
+    """user_ids that appear twice or more anywhere in the file (every chunk's ids kept as Arrow
+    text, a few bytes a user)."""
+    if not ids:
+        return []
+    every = pa.chunked_array(ids, type=pa.string())
+    counts = pc.value_counts(every)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if not len(repeated):
+        return []
+    mask = pc.is_in(every, value_set=repeated).to_numpy(zero_copy_only=False)
+    at = np.flatnonzero(mask)[:MAX_EXAMPLES]
+    line = np.concatenate(lines)[at]
+    shown = every.take(pa.array(at)).to_pylist()
+    examples = tuple(
+        f"line {n + 2} user_id={uid!r} user_id={uid!r}" for n, uid in zip(line, shown, strict=True)
+    )
+    return [Problem(file, "user_id", "duplicate user_id", examples)]
 
-    A table is yielded as soon as it and every table before it are valid, so that a caller can
-    store it and let it go: one table of the month is in memory at a time (and the users'
-    ids). Every file is still read, and after the last one SeedError names every broken file,
-    column and example rows; a caller that stages what it was given discards it then.
+
+@dataclass
+class _Month:
+    """What reading a month's files shares: every problem so far and the users' ids."""
+
+    folder: Path
+    rows: int
+    problems: list[Problem] = field(default_factory=list)
+    users: KnownUsers | None = None
+    # Whether a broken file raises SeedError (after the later files are read too).
+    raises: bool = True
+
+    def table_rows(self, table: SeedTable) -> Iterator[pd.DataFrame]:
+        """The file's valid rows in chunks; once anything of the month is invalid, nothing more
+        is yielded, but every row is still read so that the error names all that is wrong."""
+        path = self.folder / table.file
+        file = f"{path.parent.name}/{path.name}"
+        found = Findings()
+        ids: list[pa.Array] = []
+        lines: list[np.ndarray] = []
+        hashes: list[np.ndarray] = []
+        rows = 0
+        if not path.is_file():
+            found.add([Problem(file, None, "file is missing")])
+        elif path.stat().st_size == 0:
+            found.add([Problem(file, None, "file is empty")])
+        else:
+            try:
+                found.add(_header_problems(path, table, file))
+                # Blank lines are read as empty rows and then dropped, so that the index of
+                # every row that remains still gives its line in the file (index + 2).
+                reader = pd.read_csv(path, dtype=str, chunksize=self.rows, **_CSV_TEXT)
+                for raw in [] if found else reader:
+                    raw = raw[~(raw == "").all(axis=1)]
+                    df, problems = _parse_chunk(raw, table, file)
+                    found.add(problems)
+                    if df is None or df.empty:
+                        continue
+                    rows += len(df)
+                    ids.append(_arrow_text(df["user_id"]))
+                    lines.append(df.index.to_numpy())
+                    if table is USERS:
+                        hashes.append(KnownUsers.hashes(df["user_id"]))
+                    elif self.users is not None:
+                        found.add(unknown_user_problems(table, df, self.users))
+                    if not self.problems and not found:
+                        yield df
+            except pd.errors.EmptyDataError:
+                found.add([Problem(file, None, "file is empty")])
+            except (pd.errors.ParserError, UnicodeDecodeError) as error:
+                found.add([Problem(file, None, f"not a readable CSV: {error}")])
+            if not found and not rows:
+                found.add([Problem(table.file, None, "no rows")])
+        found.add(_duplicate_problems(table.file, ids, lines))
+        if table is USERS and hashes:
+            self.users = KnownUsers(hashes)
+        self.problems.extend(found.list())
+        if self.problems and self.raises:
+            # Raised here, in the caller's loop over this table, rather than after the last
+            # table: a store would otherwise be left with a table it was given no rows for.
+            self.raises = False
+            for later in TABLES[TABLES.index(table) + 1 :]:
+                for _ in self.table_rows(later):
+                    pass
+            raise SeedError(self.folder, self.problems)
+
+
+# Rows of a CSV parsed at a time when the caller does not say (`STREAMFLOW_CHUNK_ROWS` in a run).
+DEFAULT_CHUNK_ROWS = 200_000
+
+
+def iter_month(
+    folder: Path, rows: int = DEFAULT_CHUNK_ROWS
+) -> Iterator[tuple[str, Iterator[pd.DataFrame]]]:
+    """Parse and validate the six CSVs of one month folder: (snapshot table, its valid rows in
+    chunks of at most `rows`) for each, in order.
+
+    A caller stores each chunk and lets it go: memory holds one chunk (and a few bytes a user:
+    the ids that the uniqueness and known-user rules need), not the month. A table's chunks are
+    read when the caller iterates them, before it asks for the next table (a table it skipped
+    is still read). When a file breaks the contract, every later file is still read, and then
+    SeedError, raised from the broken table's chunks, names every broken file, column and
+    example rows; a caller that staged what it was given discards it then.
     """
     if not folder.is_dir():
         raise FileNotFoundError(f"no seeds folder for this month: looked for {folder}")
-    problems: list[Problem] = []
-    users: pd.Series | None = None
+    month = _Month(folder, rows)
     for table in TABLES:
-        df, found = parse_table(folder / table.file, table)
-        if df is not None and table is USERS:
-            users = df["user_id"]
-        elif df is not None and users is not None:
-            found += unknown_user_problems(table, df, users)
-        problems.extend(found)
-        if df is not None and not problems:
-            yield table.snapshot, df
-    if problems:
-        raise SeedError(folder, problems)
+        chunks = month.table_rows(table)
+        yield table.snapshot, chunks
+        for _ in chunks:  # what the caller left unread
+            pass
+
+
+def parse_table(path: Path, table: SeedTable) -> tuple[pd.DataFrame | None, list[Problem]]:
+    """One CSV (`path`, named as `table`'s file) read whole into typed columns, with every
+    problem found but unknown users (which need the month's users table)."""
+    month = _Month(path.parent, DEFAULT_CHUNK_ROWS, raises=False)
+    chunks = list(month.table_rows(table))
+    return (None, month.problems) if month.problems else (pd.concat(chunks), [])
 
 
 def read_month(folder: Path) -> dict[str, pd.DataFrame]:
     """`iter_month` gathered: the six validated tables of a month, keyed by snapshot name."""
-    return dict(iter_month(folder))
+    tables = {}
+    for name, chunks in iter_month(folder):
+        tables[name] = pd.concat(list(chunks))
+    return tables

@@ -32,10 +32,13 @@ class SeedsResource(ConfigurableResource):
         folder = self.folder(partition_key)
         return max((f.stat().st_mtime_ns for f in folder.iterdir()), default=0)
 
-    def iter_month(self, partition_key: str) -> Iterator[tuple[str, pd.DataFrame]]:
-        """The month's validated tables one at a time (`core.seeds.iter_month`)."""
+    def iter_month(
+        self, partition_key: str, rows: int
+    ) -> Iterator[tuple[str, Iterator[pd.DataFrame]]]:
+        """The month's validated tables one at a time, each in chunks of at most `rows`
+        (`core.seeds.iter_month`)."""
         self._check_readable(self.folder(partition_key))
-        return seeds.iter_month(self.folder(partition_key))
+        return seeds.iter_month(self.folder(partition_key), rows)
 
     def _check_readable(self, folder: Path) -> None:
         # Checked where the step runs, which on the cluster profile is any worker's host.

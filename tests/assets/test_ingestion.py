@@ -361,11 +361,16 @@ class SeedsWithANegativeFee(SeedsResource):
     """Seeds whose parsed subscriptions gain a negative fee after validation: a fault of the
     parser that the stored contract must still catch (the CSVs themselves cannot cause it)."""
 
-    def iter_month(self, partition_key: str):
-        for table, df in super().iter_month(partition_key):
+    def iter_month(self, partition_key: str, rows: int):
+        for table, chunks in super().iter_month(partition_key, rows):
             if table == "subscriptions_profile_snapshots":
-                df.loc[df["user_id"] == VHVEG, "monthly_fee"] = -1.0
-            yield table, df
+                chunks = map(self.negative_fee, chunks)
+            yield table, chunks
+
+    @staticmethod
+    def negative_fee(df):
+        df.loc[df["user_id"] == VHVEG, "monthly_fee"] = -1.0
+        return df
 
 
 @asset(deps=["subscriptions_profile_snapshots"], partitions_def=monthly_partitions)

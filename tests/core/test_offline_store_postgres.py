@@ -26,7 +26,7 @@ from streamflow_assets.core.features import (
     STORED_DTYPES,
     with_stored_dtypes,
 )
-from streamflow_assets.core.seeds import iter_month
+from streamflow_assets.core.seeds import read_month
 from streamflow_assets.core.settings import get_settings
 from streamflow_assets.resources import build_resources
 from tests.profiles import throwaway_databases
@@ -58,7 +58,7 @@ def joined(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """Both real months stored by each profile (three users left out of February's usage view),
     and one entity frame joined by each profile's offline store."""
     snapshots = {
-        as_of: dict(iter_month(real_seeds / folder))
+        as_of: read_month(real_seeds / folder)
         for as_of, folder in [(JANUARY, "month_000"), (FEBRUARY, "month_001")]
     }
     usage = snapshots[FEBRUARY][USAGE.source_table]

@@ -547,18 +547,72 @@ def test_tables_by_snapshot_covers_the_six_files() -> None:
     )
 
 
-def test_a_month_streams_table_by_table_and_fails_after_the_last_file(
+def test_a_month_streams_in_chunks_and_fails_after_the_last_file(
     month_slice: Path, edit_csv
 ) -> None:
     edit_csv(month_slice / LABELS, "churn_label", "no", user("9237-HQITU"))
-    tables = iter_month(month_slice)
-    # The first table comes before the later files are read: one table in memory at a time.
-    first, df = next(tables)
-    assert first == "users_snapshots" and len(df) > 0
+    tables = iter_month(month_slice, rows=20)
+    # The first chunk comes before the rest of its file and the later files are read.
+    first, chunks = next(tables)
+    assert first == "users_snapshots" and len(next(chunks)) == 20
     (month_slice / USAGE).unlink()
     with pytest.raises(SeedError) as raised:
-        list(tables)
+        for _, rest in tables:
+            list(rest)
     assert {(p.file.rsplit("/")[-1], p.column) for p in raised.value.problems} == {
         (USAGE, None),
         (LABELS, "churn_label"),
     }
+
+
+def test_the_month_in_chunks_is_the_month_whole(month_slice: Path) -> None:
+    chunked = {name: pd.concat(list(chunks)) for name, chunks in iter_month(month_slice, rows=7)}
+    whole = read_month(month_slice)
+    assert list(chunked) == list(whole)
+    for name, df in whole.items():
+        pd.testing.assert_frame_equal(chunked[name], df, check_exact=True)
+
+
+def append_row(path: Path, row: str) -> int:
+    """Adds a line at the end of a CSV; returns its line number."""
+    text = path.read_text()
+    path.write_text(text + row + "\n")
+    return text.count("\n") + 1
+
+
+def test_rules_of_a_whole_file_hold_across_chunks(month_slice: Path) -> None:
+    """A user_id repeated in another chunk, an unknown user in a later chunk of another file,
+    and the problems of two chunks merged into one with their examples, line numbers right."""
+    payments = (month_slice / PAYMENTS).read_text().splitlines()
+    first = payments[1]
+    repeated = append_row(month_slice / PAYMENTS, first)
+    support = (month_slice / SUPPORT).read_text().splitlines()[1].split(",")
+    unknown = append_row(month_slice / SUPPORT, ",".join(["0000-NOONE", *support[1:]]))
+    with pytest.raises(SeedError) as raised:
+        read_month_in_chunks(month_slice, rows=10)
+    problems = {(p.file, p.column, p.message): p for p in raised.value.problems}
+    uid = first.split(",")[0]
+    duplicate = problems[(PAYMENTS, "user_id", "duplicate user_id")]
+    assert duplicate.examples == (
+        f"line 2 user_id={uid!r} user_id={uid!r}",
+        f"line {repeated} user_id={uid!r} user_id={uid!r}",
+    )
+    orphan = problems[(SUPPORT, "user_id", f"user_id not in {USERS}")]
+    assert orphan.examples == (f"line {unknown} user_id='0000-NOONE' user_id='0000-NOONE'",)
+
+
+def test_a_problem_in_many_chunks_is_named_once_with_the_first_examples(
+    month_slice: Path, edit_csv
+) -> None:
+    for uid in [r["user_id"] for r in csv_rows(month_slice / USAGE)][::6]:
+        edit_csv(month_slice / USAGE, "skips_7d", "-1", user(uid))
+    with pytest.raises(SeedError) as raised:
+        read_month_in_chunks(month_slice, rows=5)
+    (below,) = [p for p in raised.value.problems if p.column == "skips_7d"]
+    assert below.message == "below 0" and len(below.examples) == 5
+    assert [e.split()[1] for e in below.examples] == ["2", "8", "14", "20", "26"]
+
+
+def read_month_in_chunks(folder: Path, rows: int) -> None:
+    for _, chunks in iter_month(folder, rows=rows):
+        list(chunks)
