@@ -75,9 +75,14 @@ def online_features(
     as_of = months.as_of(context.partition_key)
     tables = snapshots.store()
     store = feature_store.open()
-    stats = materialize_month(
-        store, lambda table: tables.read_batches(table, as_of, limits.chunk_rows), as_of
-    )
+    columns = {view.source_table: [f.name for f in view.features] for view in FEATURE_VIEWS}
+
+    def read_batches(table: str) -> Iterator[pd.DataFrame]:
+        # In user_id order (the store sorts, spilling if it must): the online tables' B-trees
+        # then fill in sequence, several times faster than in the seeds' order at 10M users.
+        return tables.join_batches({table: columns[table]}, as_of, limits.chunk_rows)
+
+    stats = materialize_month(store, read_batches, as_of)
     online = store.provider.online_store
     newest = {
         view: online.newest_event_time(store.config, store.get_feature_view(view)) for view in stats

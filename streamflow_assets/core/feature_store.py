@@ -133,11 +133,11 @@ def materialize_month(
     """Write one month's snapshot rows into the online store, every view in one transaction.
 
     Reads nothing but the month's own rows (no scan of every month as `feast materialize` does),
-    a chunk of each source table at a time (`read_batches(table)` yields its rows in chunks),
-    so that memory is bounded by the chunk, not by the month, and writes through the online
-    store's guarded upsert, so older months never win; a crash or a lost connection leaves the
-    month online whole or not at all. The Feast registry then records the materialized
-    interval, as `feast materialize` would.
+    a chunk of each source table at a time (`read_batches(table)` yields its rows in chunks,
+    best in user_id order), so that memory is bounded by the chunk, not by the month, and
+    writes through the online store's guarded upsert, so older months never win; a crash or a
+    lost connection leaves the month online whole or not at all. The Feast registry then
+    records the materialized interval, as `feast materialize` would.
     """
     online = store.provider.online_store
     views = {spec.name: store.get_feature_view(spec.name) for spec in FEATURE_VIEWS}
@@ -152,8 +152,6 @@ def materialize_month(
             for spec, df in zip(FEATURE_VIEWS, frames, strict=True):
                 if df is None:
                     continue
-                # Sorted by user: the order that fills the online tables' B-trees in sequence.
-                df = df.sort_values(JOIN_KEY, ignore_index=True)
                 ids = df[JOIN_KEY].to_numpy()
                 # The views of a month hold the same users: each key is serialized once.
                 if users is None or not np.array_equal(ids, users):
