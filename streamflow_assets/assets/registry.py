@@ -2,13 +2,11 @@
 
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import mlflow
 import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Config, MaterializeResult, asset
-from mlflow.entities.model_registry import ModelVersion
-from sklearn.metrics import roc_auc_score
 
 from streamflow_assets.assets.features import TRAINING_TABLE
 from streamflow_assets.assets.training import churn_model
@@ -28,6 +26,9 @@ from streamflow_assets.freshness import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import LimitsResource, ModelRegistryResource, SnapshotsResource
 
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
 # One slot (the instance's pool default_limit): two runs of a backfill never decide at once, so
 # an older month cannot move the champion back after a newer month's promotion it did not see.
 PROMOTION_POOL = "mlflow_promotion"
@@ -39,8 +40,11 @@ class PromotionConfig(Config):
     margin: float | None = None
 
 
-def _scorer(registry: Registry, version: ModelVersion) -> Callable[[pd.DataFrame], np.ndarray]:
+def _scorer(registry: Registry, version: "ModelVersion") -> Callable[[pd.DataFrame], np.ndarray]:
     """The version's logged Pipeline (pyfunc), as the churn probability of model-frame rows."""
+    # MLflow and scikit-learn are imported by the step: the code location loads without them.
+    import mlflow.pyfunc
+
     model = mlflow.pyfunc.load_model(f"models:/{registry.name}/{version.version}")
 
     def probability(x: pd.DataFrame) -> np.ndarray:
@@ -51,6 +55,8 @@ def _scorer(registry: Registry, version: ModelVersion) -> Callable[[pd.DataFrame
 
 
 def _auc(y: np.ndarray, probability: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, probability)) if len(set(y)) == 2 else math.nan
 
 

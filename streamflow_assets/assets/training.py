@@ -5,6 +5,7 @@ import tempfile
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,16 +21,10 @@ from dagster import (
     asset,
     asset_check,
 )
-from dagster_mlflow import end_mlflow_on_run_finished
-from dagster_mlflow.resources import MlFlow
-from mlflow import pyfunc as mlflow_pyfunc
-from mlflow.models import infer_signature
-from sklearn.metrics import roc_auc_score
 
 from streamflow_assets.assets.features import LABELS_TABLE, TRAINING_TABLE, training_dataset
 from streamflow_assets.core import months
 from streamflow_assets.core.compiled import ONNX_FILE
-from streamflow_assets.core.feature_store import read_online
 from streamflow_assets.core.features import (
     FEATURE_SERVICE,
     FEATURES,
@@ -55,6 +50,7 @@ from streamflow_assets.resources import (
     ModelRegistryResource,
     SnapshotsResource,
 )
+from streamflow_assets.resources.mlflow import end_mlflow_run_on_failure
 
 # What loading the logged Pipeline needs, pinned to the versions that trained it.
 MODEL_REQUIREMENTS = [
@@ -98,14 +94,16 @@ def _feature_schema() -> dict:
     kinds={"mlflow", "scikitlearn"},
     partitions_def=monthly_partitions,
     deps=[training_dataset],
-    hooks={end_mlflow_on_run_finished},
+    hooks={end_mlflow_run_on_failure},
 )
 def churn_model(
     context: AssetExecutionContext,
     config: ChurnModelConfig,
     snapshots: SnapshotsResource,
     limits: LimitsResource,
-    mlflow: ResourceParam[MlFlow],
+    # dagster-mlflow's MlFlow, the mlflow API inside the run it opened for us: not named, as
+    # naming it imports MLflow wherever the definitions load.
+    mlflow: ResourceParam[Any],
 ) -> MaterializeResult:
     """A churn classifier trained on the month, registered as a new `streamflow_churn` version."""
     key = context.partition_key
@@ -124,10 +122,11 @@ def churn_model(
             f"fit on a stratified sample of {len(sample.train):,} of {sample.train_rows:,} "
             f"training rows (STREAMFLOW_TRAIN_MAX_ROWS={limits.train_max_rows:,})"
         )
-    # Imported here: skops takes seconds to load, and only this step needs it.
+    # Imported here: skops takes seconds to load, and only this step needs it (MLflow too,
+    # which the code location's processes would otherwise hold idle).
     import skops.io
+    from mlflow.models import infer_signature
 
-    # `mlflow` is dagster-mlflow's resource: the mlflow API, inside the run it opened for us.
     run_id = mlflow.active_run().info.run_id
     sample_facts = {
         "rows": len(labels),
@@ -203,6 +202,12 @@ def candidate_scores_online_features(
     model_registry: ModelRegistryResource,
     limits: LimitsResource,
 ) -> AssetCheckResult:
+    # Feast, MLflow and scikit-learn are imported by the check: the code location loads without.
+    from mlflow import pyfunc
+    from sklearn.metrics import roc_auc_score
+
+    from streamflow_assets.core.feature_store import read_online
+
     key = context.partition_key
     floor = get_settings().promotion_auc_floor
     candidate = model_registry.registry().latest_for_partition(key)
@@ -217,7 +222,7 @@ def candidate_scores_online_features(
     sample = take(store.read_batches(LABELS_TABLE, as_of, limits.chunk_rows), drawn)
     online = read_online(feature_store.open(), sample[JOIN_KEY].tolist())
     known = online[[f.name for f in FEATURES]].notna().any(axis=1).to_numpy()
-    model = mlflow_pyfunc.load_model(f"models:/{MODEL_NAME}/{candidate.version}")
+    model = pyfunc.load_model(f"models:/{MODEL_NAME}/{candidate.version}")
     with one_thread():
         probability = np.asarray(model.predict(to_model_frame(online[known])))[:, 1]
     y = sample[LABEL].astype(int).to_numpy()[known]

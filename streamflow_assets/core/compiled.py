@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-import onnxruntime
 
 from streamflow_assets.core.features import (
     CATEGORICAL,
@@ -104,6 +103,9 @@ class CompiledModel:
     """An ONNX churn model: `predict_proba` of the churn class for model-input columns."""
 
     def __init__(self, onnx_bytes: bytes):
+        # Imported with the first model: the code location imports this module's constants.
+        import onnxruntime
+
         options = onnxruntime.SessionOptions()
         # One request, one thread: a pool per call costs more than the trees themselves.
         options.intra_op_num_threads = 1

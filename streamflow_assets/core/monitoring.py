@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import brier_score_loss, f1_score, precision_score, recall_score, roc_auc_score
 
 from streamflow_assets.core.features import (
     CATEGORICAL,
@@ -263,6 +262,15 @@ def performance(
 
     Decay is its own training (held-out) AUC minus this AUC: positive when it got worse.
     """
+    # Imported by the step that scores: the code location loads this module, not scikit-learn.
+    from sklearn.metrics import (
+        brier_score_loss,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
     y = np.asarray(labels, dtype=int)
     p = np.asarray(probability, dtype=np.float64)
     predicted = (p >= DECISION_THRESHOLD).astype(int)

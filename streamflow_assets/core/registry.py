@@ -7,13 +7,16 @@ import tempfile
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from streamflow_assets.core import months
 from streamflow_assets.core.compiled import ONNX_FILE, CompiledModel
+
+# MLflow is imported by the calls that reach the registry: the code location imports this
+# module for its names, and importing MLflow there would hold it in every idle Dagster process.
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
 
 MODEL_NAME = "streamflow_churn"
 EXPERIMENT = "streamflow"
@@ -26,6 +29,8 @@ CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     """The experiment's id, creating it with our artifact location (not ./mlruns) if needed."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -46,6 +51,8 @@ class Registry:
 
     def champion(self) -> ModelVersion | None:
         """The version the `champion` alias points at: what serves."""
+        from mlflow.exceptions import MlflowException
+
         try:
             return self.client.get_model_version_by_alias(self.name, CHAMPION_ALIAS)
         except MlflowException as error:

@@ -7,24 +7,10 @@ import io
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.impute import SimpleImputer
-from sklearn.metrics import (
-    accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-    roc_curve,
-)
-from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder
 from threadpoolctl import threadpool_limits
 
 from streamflow_assets.core.compiled import ENCODING_KEY, CompiledModel, Encoding
@@ -35,6 +21,11 @@ from streamflow_assets.core.features import (
     TIMESTAMP,
     to_model_frame,
 )
+
+# scikit-learn is imported by the functions that fit, split and score: the code location imports
+# this module for ModelParams, and every idle Dagster process would otherwise hold scikit-learn.
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 # How far the compiled model's probabilities may stray from scikit-learn's (float32 thresholds).
 ONNX_TOLERANCE = 1e-5
@@ -67,6 +58,12 @@ class ModelParams:
 
 def build_pipeline(params: ModelParams) -> Pipeline:
     """One-hot categoricals (missing is a category of its own), median-imputed numbers, boosting."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
     preprocess = ColumnTransformer(
         [
             ("categorical", OneHotEncoder(handle_unknown="ignore"), CATEGORICAL),
@@ -124,6 +121,8 @@ def split(labels: np.ndarray, params: ModelParams, max_rows: int | None = None) 
     The held-out side is the month's whole stratified `validation_size` share whatever the cap,
     so the promotion gate compares models on the same rows; the sample keeps the churn rate.
     """
+    from sklearn.model_selection import train_test_split
+
     y = np.asarray(labels, dtype=int)
     train, val = train_test_split(
         np.arange(len(y)),
@@ -196,6 +195,14 @@ def labels_and_hash(chunks: Iterable[pd.DataFrame]) -> tuple[np.ndarray, str]:
 
 
 def metrics(y: np.ndarray, probability: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
     predicted = (probability >= 0.5).astype(int)
     auc = roc_auc_score(y, probability) if len(np.unique(y)) == 2 else float("nan")
     return {
@@ -299,6 +306,7 @@ def roc_curve_png(y: np.ndarray, probability: np.ndarray, title: str) -> bytes:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from sklearn.metrics import roc_auc_score, roc_curve
 
     fpr, tpr, _ = roc_curve(y, probability)
     figure, axes = plt.subplots(figsize=(4.5, 4.5))
@@ -317,6 +325,7 @@ def confusion_matrix_png(y: np.ndarray, probability: np.ndarray, title: str) -> 
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from sklearn.metrics import confusion_matrix
 
     matrix = confusion_matrix(y, (probability >= 0.5).astype(int), labels=[0, 1])
     figure, axes = plt.subplots(figsize=(4, 4))

@@ -1,12 +1,16 @@
 """The Feast feature store of the active profile."""
 
+from __future__ import annotations
+
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
-from feast import FeatureStore
 
-from streamflow_assets.core.feature_store import open_store
 from streamflow_assets.core.settings import get_settings
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 
 class FeatureStoreResource(ConfigurableResource):
@@ -15,5 +19,9 @@ class FeatureStoreResource(ConfigurableResource):
     feature_repo: str
 
     def open(self) -> FeatureStore:
+        # Feast is imported by the step that opens the store: the code location's processes,
+        # which only serve its definitions, never need it.
+        from streamflow_assets.core.feature_store import open_store
+
         settings = get_settings().model_copy(update={"feature_repo": Path(self.feature_repo)})
         return open_store(settings)

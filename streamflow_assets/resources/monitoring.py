@@ -1,14 +1,15 @@
 """Monitoring resources: the freshness probe, where Evidently runs, where alerts are delivered."""
 
+from __future__ import annotations
+
 import pickle
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from dagster import ConfigurableResource, InitResourceContext, get_dagster_logger
-from feast import FeatureStore
 from pydantic import PrivateAttr
 
 from streamflow_assets.core.alerts import (
@@ -20,9 +21,13 @@ from streamflow_assets.core.alerts import (
     slack_payload,
 )
 from streamflow_assets.core.freshness import FreshnessResult, Thresholds
-from streamflow_assets.core.freshness_probe import check_online_store
 from streamflow_assets.core.monitoring import DriftResult, measure_drift
-from streamflow_assets.core.snapshots import SnapshotStore
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from feast import FeatureStore
+
+    from streamflow_assets.core.snapshots import SnapshotStore
 
 
 class FreshnessResource(ConfigurableResource):
@@ -38,6 +43,10 @@ class FreshnessResource(ConfigurableResource):
         return Thresholds(stale_fraction_warn=self.stale_fraction_warn, max_age=max_age)
 
     def evaluate(self, store: FeatureStore, snapshots: SnapshotStore) -> FreshnessResult:
+        # Imported by the check that probes: the sensors that use this resource for alert links
+        # run in the code server, which must not import Feast to serve its definitions.
+        from streamflow_assets.core.freshness_probe import check_online_store
+
         return check_online_store(store, snapshots, self.thresholds(), self.sample_size)
 
     def asset_url(self, asset: str) -> str:
