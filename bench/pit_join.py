@@ -131,10 +131,10 @@ def sample_load(loads: list[float], stop: threading.Event) -> None:
 def save(users: int, section: str) -> None:
     """The run's section of the report, replacing an earlier one of the same size."""
     path = REPO / "bench" / "reports" / "pit_join.md"
-    head, *sections = path.read_text().rstrip("\n").split("\n## ")
+    head, *sections = [part.strip("\n") for part in path.read_text().split("\n## ")]
     title = f"{users:,} users"
     kept = [s for s in sections if s.split("\n", 1)[0] != title]
-    path.write_text("\n## ".join([head, *kept, f"{title}\n\n{section}"]) + "\n")
+    path.write_text("\n\n## ".join([head, *kept, f"{title}\n\n{section}"]) + "\n")
 
 
 def main() -> None:
@@ -190,12 +190,15 @@ def main() -> None:
     print(report)
     if args.save:
         command = " ".join(["bench/pit_join.py", *sys.argv[1:]])
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         save(
             args.users,
-            f"`.venv/bin/python {command}`: {args.users:,} users, 3 months stored, the second "
-            f"month's labelled users ({ours['rows']:,}) joined with churn_model_v1, each join in "
-            f"a fresh process. 1-minute load average {min(loads):.1f}–{max(loads):.1f} during "
-            f"the run (2 cores, shared).\n\n{report}\n",
+            f"`.venv/bin/python {command}` at {commit}: {args.users:,} users, 3 months stored, "
+            f"the second month's labelled users ({ours['rows']:,}) joined with churn_model_v1, "
+            f"each join in a fresh process. 1-minute load average "
+            f"{min(loads):.1f}–{max(loads):.1f} during the run (2 cores, shared).\n\n{report}\n",
         )
 
 
