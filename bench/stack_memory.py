@@ -75,8 +75,12 @@ class IdleSample:
     rss_mb: list[float] = field(default_factory=list)
     pss_mb: float = 0.0
     by_service: dict[str, float] = field(default_factory=dict)
+    pss_by_service: dict[str, float] = field(default_factory=dict)
+    # (service, pid, what the process runs, RSS MB, PSS MB) of every process at the end.
+    each: list[tuple[str, int, str, float, float]] = field(default_factory=list)
     code_servers: dict[int, float] = field(default_factory=dict)  # pid -> CPU seconds
     processes: int = 0
+    load: list[float] = field(default_factory=list)  # 1-minute load average, every sample
 
 
 def sample_idle(supervisor: Supervisor, seconds: float) -> IdleSample:
@@ -92,15 +96,40 @@ def sample_idle(supervisor: Supervisor, seconds: float) -> IdleSample:
                     times = process.cpu_times()
                     sample.code_servers[process.pid] = times.user + times.system
         sample.rss_mb.append(total / MB)
+        sample.load.append(os.getloadavg()[0])
         if time.monotonic() > deadline:
             break
         time.sleep(2)
     processes = _tree(root)
     sample.processes = len(processes)
     sample.pss_mb = sum(_pss(p) for p in processes) / MB
+    services = {p.pid: "supervisord" for p in processes}
     for name, pid in supervisor.running().items():
-        sample.by_service[name] = sum(_rss(p) for p in _tree(pid)) / MB
+        tree = _tree(pid)
+        services.update((p.pid, name) for p in tree)
+        sample.by_service[name] = sum(_rss(p) for p in tree) / MB
+        sample.pss_by_service[name] = sum(_pss(p) for p in tree) / MB
+    for process in processes:
+        sample.each.append(
+            (
+                services[process.pid],
+                process.pid,
+                _what(process),
+                _rss(process) / MB,
+                _pss(process) / MB,
+            )
+        )
     return sample
+
+
+def _what(process: psutil.Process) -> str:
+    """The program a process runs and its first arguments, without paths or URLs."""
+    with contextlib.suppress(psutil.Error):
+        words = [Path(w).name if w.startswith("/") else w for w in process.cmdline()[:5]]
+        if Path(words[0]).name.startswith("python") and len(words) > 1:
+            words = words[1:]
+        return " ".join(w for w in words if "://" not in w)[:60]
+    return "?"
 
 
 def _rss(process: psutil.Process) -> int:
@@ -116,14 +145,13 @@ def _pss(process: psutil.Process) -> int:
 
 
 def worker_pools(supervisor: Supervisor) -> dict[str, list[psutil.Process]]:
-    """Each worker program's celery pool processes: the children of celery's main process, which
-    is the child of the program (`dagster-celery worker start`)."""
+    """Each worker program's celery pool processes: the children of the program, celery's main
+    process (`celery -A streamflow_assets.celery_app worker`)."""
     pools = {}
     for name, pid in supervisor.running().items():
         if name in WORKERS:
             with contextlib.suppress(psutil.Error):
-                mains = psutil.Process(pid).children()
-                pools[name] = [pool for main in mains for pool in main.children()]
+                pools[name] = psutil.Process(pid).children()
     return pools
 
 
@@ -263,9 +291,8 @@ def report(results: dict[str, tuple[IdleSample, StepSample | None]], args) -> st
         "# The native stack's memory: idle, and a celery worker after a step",
         "",
         f"Machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; "
-        f"{platform.python_version()}; run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; load average "
-        f"at the end {os.getloadavg()[0]:.1f}. Command: `.venv/bin/python bench/stack_memory.py "
-        f"{' '.join(sys.argv[1:])}`.",
+        f"{platform.python_version()}; run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC. Command: "
+        f"`.venv/bin/python bench/stack_memory.py {' '.join(sys.argv[1:])}`.",
         "",
         f"## Idle stack ({args.idle:.0f} s after every service answered, no data)",
         "",
@@ -274,24 +301,39 @@ def report(results: dict[str, tuple[IdleSample, StepSample | None]], args) -> st
         "processes) at the end, and the Dagster code servers seen during the window.",
         "",
         "| profile | processes | RSS at the end MB | peak RSS MB | PSS MB | code servers seen "
-        "| their CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| their CPU s | load average (1 min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for profile, (idle, _) in results.items():
         lines.append(
             f"| {profile} | {idle.processes} | {idle.rss_mb[-1]:,.0f} | {max(idle.rss_mb):,.0f} "
             f"| {idle.pss_mb:,.0f} | {len(idle.code_servers)} "
-            f"| {sum(idle.code_servers.values()):.1f} |"
+            f"| {sum(idle.code_servers.values()):.1f} "
+            f"| {min(idle.load):.1f}–{max(idle.load):.1f} |"
         )
-    lines += ["", "RSS per service at the end (the service's process tree), MB:", ""]
+    lines += ["", "RSS / PSS per service at the end (the service's process tree), MB:", ""]
     services = sorted({s for idle, _ in results.values() for s in idle.by_service})
     lines += ["| service | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]
     for service in services:
         cells = [
-            f"{idle.by_service[service]:,.0f}" if service in idle.by_service else "-"
+            f"{idle.by_service[service]:,.0f} / {idle.pss_by_service[service]:,.0f}"
+            if service in idle.by_service
+            else "-"
             for idle, _ in results.values()
         ]
         lines.append(f"| {service} | " + " | ".join(cells) + " |")
+    for profile, (idle, _) in results.items():
+        lines += [
+            "",
+            f"Every process of the {profile} stack at the end:",
+            "",
+            "| service | pid | runs | RSS MB | PSS MB |",
+            "|---|---:|---|---:|---:|",
+        ]
+        lines += [
+            f"| {service} | {pid} | `{what}` | {rss:,.0f} | {pss:,.0f} |"
+            for service, pid, what, rss, pss in idle.each
+        ]
     steps = [(p, step) for p, (_, step) in results.items() if step is not None]
     for profile, step in steps:
         lines += [

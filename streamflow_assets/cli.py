@@ -260,17 +260,12 @@ def _dagster_dev(args: argparse.Namespace) -> int:
 
 
 def _celery_worker(args: argparse.Namespace) -> int:
-    """A celery worker of the cluster profile: dagster-celery's own command, with the executor's
-    config (broker, results, acknowledgement) written from the same settings as the runs'."""
-    from streamflow_assets.core.celery import worker_command, write_worker_config
+    """A celery worker of the cluster profile: celery's own command on dagster-celery's tasks,
+    configured (broker, results, acknowledgement) from the same settings as the runs'."""
+    from streamflow_assets.core.celery import worker_command
 
-    settings = get_settings()
-    prepare_dagster_home(settings)
-    config = write_worker_config(settings, settings.data_dir / "celery" / f"{args.name}.yaml")
-    bin_dir = Path(sys.executable).parent
-    # dagster-celery starts `celery` by name.
-    os.environ["PATH"] = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
-    command = worker_command(bin_dir, config, args.name, args.concurrency)
+    prepare_dagster_home(get_settings())
+    command = worker_command(Path(sys.executable).parent, args.name, args.concurrency)
     os.execv(command[0], command)
 
 

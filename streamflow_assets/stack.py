@@ -1,7 +1,7 @@
 """`make stack`: PostgreSQL, MLflow, Dagster's code server, webserver and daemon, and the API,
 without Docker, as supervisord programs.
 
-Dagster runs as it is deployed: one long-lived code server (`dagster code-server start`) that the
+Dagster runs as it is deployed: one long-lived code server (`dagster api grpc`) that the
 webserver, the daemon and the runs they launch use, through a workspace of one `grpc_server`.
 Under the cluster profile also RabbitMQ and Redis (started when down) and two celery workers.
 """
@@ -174,13 +174,15 @@ class Stack:
                 ],
                 f"{self.tracking_uri}/health",
             ),
-            # The code location, loaded once (Feast, MLflow and scikit-learn take a minute to
-            # import on a busy two-core machine); the runs it launches are its children.
+            # The code location, loaded once; the runs it launches are its children. Dagster's
+            # gRPC server itself rather than `dagster code-server start`, whose proxy process
+            # (100 MB idle) only adds reloading the code from the UI: after a code change,
+            # restart this program (`supervisorctl restart dagster-code`).
             Service(
                 CODE_SERVER,
-                [str(bin_dir / "dagster"), "code-server", "start", "-h", HOST, "-p", code_port]
+                [str(bin_dir / "dagster"), "api", "grpc", "-h", HOST, "-p", code_port]
                 + ["-m", "streamflow_assets.definitions", "--location-name", LOCATION],
-                # Dagster's code server binds its port once the code is loaded.
+                # Dagster's gRPC server binds its port once the code is loaded.
                 f"tcp://{HOST}:{code_port}",
             ),
             Service(
@@ -204,7 +206,7 @@ class Stack:
         ]
 
     def workers(self) -> list[Service]:
-        """The cluster profile's celery workers (`streamflow celery-worker`: dagster-celery's)."""
+        """The cluster profile's celery workers (`streamflow celery-worker`, celery's worker)."""
         if self.settings.profile != "cluster":
             return []
         command = [str(Path(sys.executable).parent / "streamflow"), "celery-worker", "--name"]

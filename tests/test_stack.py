@@ -208,7 +208,7 @@ def test_the_webserver_and_the_daemon_use_the_stacks_one_code_server(stack: Stac
     ours = Stack(stack.settings, StackSettings(code_server_port=4567))
     services = {service.name: service for service in ours.services()}
     code = services[CODE_SERVER]
-    assert code.command[1:3] == ["code-server", "start"]
+    assert code.command[1:3] == ["api", "grpc"]
     assert code.command[code.command.index("-p") + 1] == "4567"
     assert code.command[code.command.index("-m") + 1] == "streamflow_assets.definitions"
     workspace = yaml.safe_load(ours.write_workspace().read_text())

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from kombu import Connection
 from kombu.utils.url import maybe_sanitize_url
 
@@ -13,6 +12,8 @@ from streamflow_assets.core.settings import Settings
 
 # The queue dagster-celery routes every step to (its make_app names no other).
 QUEUE = "dagster"
+# The module that holds the workers' app (`celery -A`).
+WORKER_APP = "streamflow_assets.celery_app"
 
 
 class BrokerUnreachable(RuntimeError):
@@ -40,18 +41,13 @@ def executor_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-def write_worker_config(settings: Settings, path: Path) -> Path:
-    """The `-y` file of `dagster-celery worker start`: the executor config under `execution`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"execution": {"config": executor_config(settings)}}))
-    return path
-
-
-def worker_command(bin_dir: Path, config_yaml: Path, name: str, concurrency: int = 1) -> list[str]:
-    """The library's own worker command; one pool process runs one step at a time."""
+def worker_command(bin_dir: Path, name: str, concurrency: int = 1) -> list[str]:
+    """celery's own worker command on the workers' app, with the options `dagster-celery worker
+    start` gives it (one step prefetched, the dagster queue, `name@host`); one pool process runs
+    one step at a time, and imports the code location when its first step comes."""
     return [
-        str(bin_dir / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app",
-        "-y", str(config_yaml), "-n", name, "-q", QUEUE, "--",
+        str(bin_dir / "celery"), "-A", WORKER_APP, "worker", "--prefetch-multiplier=1",
+        "--loglevel=INFO", "-Q", QUEUE, "-n", f"{name}@%h",
         f"--concurrency={concurrency}", "--pool=prefork",
     ]  # fmt: skip
 

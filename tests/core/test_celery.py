@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 from dagster import DagsterInstance, execute_job, reconstructable
 
-from streamflow_assets.core.celery import (
-    BrokerUnreachable,
-    check_broker,
-    executor_config,
-    write_worker_config,
-)
+from streamflow_assets.core.celery import QUEUE, BrokerUnreachable, check_broker, executor_config
 from streamflow_assets.core.settings import Settings, get_settings
 from tests.cluster import (
     KEPT_MB,
@@ -44,17 +41,48 @@ def test_a_closed_broker_port_fails_at_once_naming_the_broker_without_its_passwo
     assert "STREAMFLOW_CELERY_BROKER" in message
 
 
+WORKER_APP_CONF = """
+import json
+from streamflow_assets.celery_app import app
+print(json.dumps({
+    "conf": {key: app.conf[key] for key in ["broker_url", "result_backend", *CONFIG_SOURCE]},
+    "queues": [queue.name for queue in app.conf.task_queues],
+    "tasks": sorted(app.tasks),
+}))
+"""
+
+
 def test_workers_read_the_config_the_runs_use(tmp_path: Path) -> None:
+    """The app `celery -A` loads on a worker, from the worker's environment."""
+    variables = {
+        "STREAMFLOW_PROFILE": "cluster",
+        "STREAMFLOW_DATA_DIR": str(tmp_path),
+        "STREAMFLOW_CELERY_BROKER": "amqp://guest:guest@127.0.0.1:5672/x",
+        "STREAMFLOW_REDIS_DB": "7",
+    }
     settings = Settings(
-        profile="cluster", celery_broker="amqp://guest:guest@127.0.0.1:5672/x", redis_db=7
+        profile="cluster", celery_broker=variables["STREAMFLOW_CELERY_BROKER"], redis_db=7
     )
-    written = yaml.safe_load(write_worker_config(settings, tmp_path / "w.yaml").read_text())
-    assert written == {"execution": {"config": executor_config(settings)}}
-    assert written["execution"]["config"]["backend"] == "redis://127.0.0.1:6379/7"
-    assert written["execution"]["config"]["config_source"]["task_acks_late"] is True
+    config = executor_config(settings)
+    code = f"CONFIG_SOURCE = {sorted(config['config_source'])!r}\n" + WORKER_APP_CONF
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=child_env(**variables), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.splitlines()[-1])
+    assert loaded["conf"] == {
+        "broker_url": config["broker"],
+        "result_backend": "redis://127.0.0.1:6379/7",
+        **config["config_source"],
+    }
+    assert loaded["conf"]["task_acks_late"] is True
     # Celery reads the per-child limit in KiB.
-    limit = written["execution"]["config"]["config_source"]["worker_max_memory_per_child"]
-    assert limit == settings.celery_worker_max_memory_mb * 1024
+    assert (
+        loaded["conf"]["worker_max_memory_per_child"] == settings.celery_worker_max_memory_mb * 1024
+    )
+    # dagster-celery's queue and its three tasks, as `dagster_celery.app` has them.
+    assert loaded["queues"] == [QUEUE]
+    assert {"execute_plan", "execute_job", "resume_job"} <= set(loaded["tasks"])
 
 
 @pytest.mark.cluster
