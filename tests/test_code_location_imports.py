@@ -14,7 +14,16 @@ from tests.conftest import child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Each of these adds tens to hundreds of MB to a process that imports it.
-HEAVY = ("dagster_mlflow", "evidently", "onnxruntime", "sklearn", "skops", "skl2onnx")
+HEAVY = (
+    "dagster_mlflow",
+    "evidently",
+    "feast",
+    "mlflow",
+    "onnxruntime",
+    "sklearn",
+    "skops",
+    "skl2onnx",
+)
 
 LOAD = """
 import json, sys

@@ -14,11 +14,6 @@ from dagster import (
 )
 
 from streamflow_assets.core import months
-from streamflow_assets.core.feature_store import (
-    apply_definitions,
-    historical_batches,
-    materialize_month,
-)
 from streamflow_assets.core.features import (
     FEATURE_NAMES,
     FEATURE_SERVICE,
@@ -42,6 +37,9 @@ _FEATURE_TABLES = [view.source_table for view in FEATURE_VIEWS]
 @asset(group_name="features", kinds={"feast"})
 def feature_registry(feature_store: FeatureStoreResource) -> MaterializeResult:
     """Feast definitions applied: entity `user`, a source per snapshot, 4 views, churn_model_v1."""
+    # Feast is imported by the steps that use it: the code location loads without it.
+    from streamflow_assets.core.feature_store import apply_definitions
+
     store = feature_store.open()
     summary = apply_definitions(store, store.config.repo_path)
     views = "\n".join(
@@ -72,6 +70,8 @@ def online_features(
     limits: LimitsResource,
 ) -> MaterializeResult:
     """The month's features in Feast's online store; an older month never overwrites a newer one."""
+    from streamflow_assets.core.feature_store import materialize_month
+
     as_of = months.as_of(context.partition_key)
     tables = snapshots.store()
     store = feature_store.open()
@@ -149,6 +149,8 @@ def training_dataset(
     they pass (the point-in-time comparison counted by the store's engine), not on a read of
     what was written.
     """
+    from streamflow_assets.core.feature_store import historical_batches
+
     as_of = months.as_of(context.partition_key)
     tables = snapshots.store()
     labels = tables.read(LABELS_TABLE, as_of)

@@ -8,6 +8,7 @@ need no training and run before it; batch scores use the champion after M.
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,7 +31,6 @@ from dagster import (
     asset,
     sensor,
 )
-from mlflow.entities.model_registry import ModelVersion
 
 from streamflow_assets.assets.features import LABELS_TABLE
 from streamflow_assets.assets.registry import production_model
@@ -62,6 +62,9 @@ from streamflow_assets.resources import (
     ModelRegistryResource,
     SnapshotsResource,
 )
+
+if TYPE_CHECKING:  # MLflow is imported by the steps that talk to the registry, not at load
+    from mlflow.entities.model_registry import ModelVersion
 
 GROUP = "monitoring"
 BATCH_SCORES_TABLE = "batch_scores"
@@ -177,7 +180,7 @@ def _drift_table(result: DriftResult) -> MetadataValue:
     return MetadataValue.table(records, schema)
 
 
-def _reference(registry: Registry, key: str) -> tuple[ModelVersion | None, str | None]:
+def _reference(registry: Registry, key: str) -> tuple["ModelVersion | None", str | None]:
     incumbent = registry.champion_at(key, before_decision=True)
     return incumbent, (incumbent.tags.get("partition") if incumbent else None)
 
