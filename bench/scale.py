@@ -7,7 +7,7 @@ fresh data dir:
 - `postgres`, `cluster`: throwaway PostgreSQL databases (data, MLflow, Dagster), and the
   profile's native stack as `make stack` runs it (`python -m streamflow_assets.stack up`, under
   supervisord: MLflow with its Postgres backend and served artifacts, the Dagster webserver and
-  daemon, the API, and under `cluster` two celery workers started with dagster-celery's command)
+  daemon, the API, and under `cluster` two celery workers on dagster-celery's tasks)
   on free ports; `cluster` also gets a RabbitMQ vhost and a Redis database of its own.
   The idle stack is sampled for `--idle-seconds` before any data.
 
@@ -543,7 +543,7 @@ def report(
         "What is measured: `local` starts nothing; `postgres` and `cluster` start the profile's "
         "native stack (`python -m streamflow_assets.stack up`, as `make stack`) on their own "
         "ports and throwaway databases (`cluster`: a RabbitMQ vhost, a Redis db and two "
-        "dagster-celery workers of its own). RSS is sampled every "
+        "celery workers of its own). RSS is sampled every "
         f"{interval:g} s for every process of the stack "
         "(supervisord and each program's process tree) and of the run (`streamflow pipeline` "
         "and its children). *Together* is the stack and the run at one sample. PostgreSQL "

@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_serve)
 
     worker = commands.add_parser(
-        "celery-worker", help="a dagster-celery worker that runs the cluster profile's steps"
+        "celery-worker", help="a celery worker that runs the cluster profile's steps"
     )
     worker.add_argument("--name", default=f"streamflow-{socket.gethostname()}-{os.getpid()}")
     worker.add_argument("--concurrency", type=int, default=1, help="steps at a time")

@@ -71,7 +71,7 @@ def rabbitmq_vhost() -> Iterator[str]:
 
 
 def group_pids(pgid: int) -> set[int]:
-    """Every live process of a process group (a worker: dagster-celery, celery, its pool)."""
+    """Every live process of a process group (a worker: celery's main process and its pool)."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -86,7 +86,7 @@ def group_pids(pgid: int) -> set[int]:
 def celery_workers(
     settings: Settings, env: dict[str, str], logs: Path, count: int = 2
 ) -> Iterator[list[Child]]:
-    """`count` workers started as `streamflow celery-worker` (dagster-celery's command), each
+    """`count` workers started as `streamflow celery-worker` (celery's own worker), each
     answering the broker's ping before this yields; each is stopped (its process group) after."""
     from celery import Celery
 
