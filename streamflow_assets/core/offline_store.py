@@ -43,11 +43,11 @@ from psycopg import Connection, sql
 
 # The snapshot store's own COPY codecs, so that a column reads back here as it does there.
 from streamflow_assets.core.snapshots import (
-    _ARROW_TYPES,
+    ARROW_TYPES,
     COPY_CHUNK_ROWS,
-    _column_spec,
-    _CopyStream,
-    _parse_csv,
+    CopyStream,
+    column_spec,
+    parse_csv,
 )
 
 
@@ -144,17 +144,17 @@ class CopyRetrievalJob(PostgreSQLRetrievalJob):
             columns = _result_columns(conn, query)
             copy_sql = sql.SQL("COPY ({}) TO STDOUT WITH (FORMAT csv)").format(sql.SQL(query))
             with conn.cursor().copy(copy_sql) as copy:
-                stream = _CopyStream(copy)
+                stream = CopyStream(copy)
                 if stream.at_end():
-                    return pa.schema([(n, _ARROW_TYPES[k]) for n, k, _ in columns]).empty_table()
-                frame = _parse_csv(stream, columns)
+                    return pa.schema([(n, ARROW_TYPES[k]) for n, k, _ in columns]).empty_table()
+                frame = parse_csv(stream, columns)
         # Without pandas' metadata, to_df() gives Feast's dtypes (e.g. bool, not pandas' boolean).
         return pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
 
 
 def _upload(config: RepoConfig, entities: pd.DataFrame, table: str) -> None:
     """The entity frame as an unlogged table (it lives for one query), sent by `COPY`."""
-    columns = [(column, _column_spec(entities[column])[0]) for column in entities.columns]
+    columns = [(column, column_spec(entities[column])[0]) for column in entities.columns]
     # pandas writes a time-zone-aware column to CSV about 4x slower than a naive one (3.3 s
     # against 0.9 s for 1M rows): times go naive in UTC, read in a session whose zone is UTC.
     naive = {
@@ -264,6 +264,6 @@ def _result_columns(conn: Connection, query: str) -> list[tuple[str, str, bool]]
         ([column.type_code for column in described],),
     ).fetchall()
     columns = [(column.name, kind, True) for column, (kind,) in zip(described, kinds, strict=True)]
-    if unread := [f"{name} {kind}" for name, kind, _ in columns if kind not in _ARROW_TYPES]:
+    if unread := [f"{name} {kind}" for name, kind, _ in columns if kind not in ARROW_TYPES]:
         raise TypeError(f"no reader for the offline store's result columns: {', '.join(unread)}")
     return columns

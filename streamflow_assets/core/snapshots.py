@@ -274,7 +274,7 @@ COPY_CHUNK_ROWS = 50_000
 _KEY = (JOIN_KEY, AS_OF)
 
 
-def _column_spec(series: pd.Series) -> tuple[str, bool]:
+def column_spec(series: pd.Series) -> tuple[str, bool]:
     """The Postgres type of a stored pandas column (as information_schema names it), and whether
     it admits NULL (not where pandas cannot hold one)."""
     dtype = str(series.dtype)
@@ -298,7 +298,7 @@ def _stored_columns(rows: pd.DataFrame, as_of: datetime) -> list[tuple[str, str,
     """(name, type, nullable) of each column of the stored form of `rows`, in order; the key
     columns NOT NULL, as their primary key makes them."""
     layout = with_as_of(rows.iloc[:0], as_of)
-    specs = [(c, *_column_spec(rows[c] if c in rows else layout[c])) for c in layout.columns]
+    specs = [(c, *column_spec(rows[c] if c in rows else layout[c])) for c in layout.columns]
     return [(name, kind, nullable and name not in _KEY) for name, kind, nullable in specs]
 
 
@@ -316,7 +316,7 @@ def _schema_difference(table: str, found: list, wanted: list) -> str | None:
     )
 
 
-class _CopyStream(io.RawIOBase):
+class CopyStream(io.RawIOBase):
     """The rows of a COPY TO STDOUT as a readable file, pulled by the parser as it goes."""
 
     def __init__(self, copy: psycopg.Copy):
@@ -348,7 +348,7 @@ class _CopyStream(io.RawIOBase):
 
 
 # How COPY's CSV of each Postgres type is parsed (other types are read as text).
-_ARROW_TYPES = {
+ARROW_TYPES = {
     "boolean": pa.bool_(),
     "bigint": pa.int64(),
     "double precision": pa.float64(),
@@ -359,7 +359,7 @@ _ARROW_TYPES = {
 _NULLABLE_DTYPES = {pa.bool_(): pd.BooleanDtype(), pa.int64(): pd.Int64Dtype()}
 
 
-def _parse_csv(source: io.RawIOBase | io.BytesIO, columns: Sequence[tuple[str, str, bool]]):
+def parse_csv(source: io.RawIOBase | io.BytesIO, columns: Sequence[tuple[str, str, bool]]):
     """COPY's CSV (no header) of `columns` (name, Postgres type, nullable), parsed by pyarrow as
     it reads, in the dtypes the parquet store gives: never the whole text as Python strings.
     Timestamps carry their offset (the session's time zone) and are read as UTC."""
@@ -368,7 +368,7 @@ def _parse_csv(source: io.RawIOBase | io.BytesIO, columns: Sequence[tuple[str, s
         source,
         read_options=csv.ReadOptions(column_names=names),
         convert_options=csv.ConvertOptions(
-            column_types={name: _ARROW_TYPES.get(kind, pa.string()) for name, kind, _ in columns},
+            column_types={name: ARROW_TYPES.get(kind, pa.string()) for name, kind, _ in columns},
             true_values=["t"],
             false_values=["f"],
             # Postgres writes a NULL unquoted and an empty text quoted: each reads back as it was.
@@ -463,10 +463,10 @@ class PostgresSnapshotStore:
                 "WITH (FORMAT csv)"
             ).format(sql.Identifier(table), sql.Literal(as_of))
             with conn.cursor().copy(query) as copy:
-                stream = _CopyStream(copy)
+                stream = CopyStream(copy)
                 if stream.at_end():
                     raise KeyError(f"{table} has no partition as_of {as_of:%Y-%m-%d}")
-                return _parse_csv(stream, columns)
+                return parse_csv(stream, columns)
 
     def read_batches(
         self, table: str, as_of: datetime, rows: int, columns: Sequence[str] | None = None
@@ -531,7 +531,7 @@ class PostgresSnapshotStore:
     def _typed_csv(
         text: bytes, names: list[str], kinds: Mapping[str, tuple[str, bool]]
     ) -> pd.DataFrame:
-        return _parse_csv(io.BytesIO(text), [(name, *kinds[name]) for name in names])
+        return parse_csv(io.BytesIO(text), [(name, *kinds[name]) for name in names])
 
     def as_ofs(self, table: str) -> list[datetime]:
         with self._connect() as conn:
