@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,6 +18,7 @@ from streamflow_assets.core.features import (
     LABEL,
     NUMERIC,
     TIMESTAMP,
+    ContentHash,
     to_model_frame,
 )
 
@@ -179,19 +179,17 @@ def score_rows(
 
 
 def labels_and_hash(chunks: Iterable[pd.DataFrame]) -> tuple[np.ndarray, str]:
-    """The label column of a month's training table, and `assets.features.content_hash` of its
-    rows (without as_of) computed chunk by chunk: the same fingerprint, row hashes in order."""
+    """The label column of a month's training table, and the `ContentHash` of its rows (without
+    as_of) that `training_dataset` recorded when it wrote them."""
     labels: list[np.ndarray] = []
-    digest = None
+    digest = ContentHash()
     for chunk in chunks:
         rows = chunk.drop(columns=[TIMESTAMP])
-        if digest is None:
-            digest = hashlib.sha256(",".join(rows.columns).encode())
-        digest.update(pd.util.hash_pandas_object(rows, index=False).to_numpy().tobytes())
+        digest.update(rows)
         labels.append(rows[LABEL].astype(int).to_numpy())
-    if digest is None:
+    if not labels:
         raise ValueError("the training table has no rows")
-    return np.concatenate(labels), digest.hexdigest()[:16]
+    return np.concatenate(labels), digest.hexdigest()
 
 
 def metrics(y: np.ndarray, probability: np.ndarray) -> dict[str, float]:
