@@ -115,7 +115,8 @@ pd.DataFrame({"user_id": features["user_id"], "probability": p, "prediction": p 
 """,
         """
 import pandas as pd
-from streamflow_assets.core.monitoring import FEATURE_COLUMNS, typed_chunks
+from streamflow_assets.core.features import FEATURE_COLUMNS
+from streamflow_assets.core.monitoring import typed_chunks
 model = CompiledModel((scratch / "model.onnx").read_bytes())
 parts = []
 for features in typed_chunks(store.join_batches(FEATURE_COLUMNS, as_of, int(sys.argv[4]))):
@@ -154,7 +155,8 @@ labelled = labels[["user_id", LABEL]].merge(features, on="user_id")
 model.predict_proba(model_inputs(labelled))
 """,
         """
-from streamflow_assets.core.monitoring import FEATURE_COLUMNS, typed_chunks
+from streamflow_assets.core.features import FEATURE_COLUMNS
+from streamflow_assets.core.monitoring import typed_chunks
 model = CompiledModel((scratch / "model.onnx").read_bytes())
 tables = {"labels_snapshots": [LABEL]} | FEATURE_COLUMNS
 chunks = store.join_batches(tables, as_of, int(sys.argv[4]), require="labels_snapshots")

@@ -15,6 +15,7 @@ from dagster import (
 
 from streamflow_assets.core import months
 from streamflow_assets.core.features import (
+    FEATURE_COLUMNS,
     FEATURE_NAMES,
     FEATURE_SERVICE,
     FEATURE_VIEWS,
@@ -75,12 +76,11 @@ def online_features(
     as_of = months.as_of(context.partition_key)
     tables = snapshots.store()
     store = feature_store.open()
-    columns = {view.source_table: [f.name for f in view.features] for view in FEATURE_VIEWS}
 
     def read_batches(table: str) -> Iterator[pd.DataFrame]:
         # In user_id order (the store sorts, spilling if it must): the online tables' B-trees
         # then fill in sequence, several times faster than in the seeds' order at 10M users.
-        return tables.join_batches({table: columns[table]}, as_of, limits.chunk_rows)
+        return tables.join_batches({table: FEATURE_COLUMNS[table]}, as_of, limits.chunk_rows)
 
     stats = materialize_month(store, read_batches, as_of)
     online = store.provider.online_store
@@ -209,8 +209,7 @@ def _point_in_time(store: SnapshotStore, as_of: datetime) -> AssetCheckResult:
     # Feast's offline retrieval returns values, not the event time of the row that supplied them,
     # so the check compares with the month's snapshots: a user present at as_of must carry
     # exactly those values; a later snapshot's values (leakage) or an earlier one's would differ.
-    views = {view.source_table: [f.name for f in view.features] for view in FEATURE_VIEWS}
-    mismatched = store.mismatches(TRAINING_TABLE, views, as_of)
+    mismatched = store.mismatches(TRAINING_TABLE, FEATURE_COLUMNS, as_of)
     return AssetCheckResult(
         check_name=POINT_IN_TIME,
         passed=not mismatched,

@@ -21,6 +21,7 @@ from dagster import (
 )
 
 from streamflow_assets.core import months
+from streamflow_assets.core.features import user_id_hashes
 from streamflow_assets.core.seeds import (
     TABLES,
     TABLES_BY_SNAPSHOT,
@@ -155,7 +156,7 @@ class _StoredTable:
             # The stored form's columns, dtypes and rules, and its users known to the month's.
             self.problems.add(stored_problems(self.table, df, whole=False))
             if self.table is USERS:
-                self._hashes.append(KnownUsers.hashes(df["user_id"]))
+                self._hashes.append(user_id_hashes(df["user_id"]))
             elif self.users is not None:
                 self.problems.add(unknown_user_problems(self.table, df, self.users))
             yield df

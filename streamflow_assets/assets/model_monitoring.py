@@ -36,10 +36,9 @@ from streamflow_assets.assets.features import LABELS_TABLE
 from streamflow_assets.assets.registry import production_model
 from streamflow_assets.core import months
 from streamflow_assets.core.alerts import MonitoringAlert
-from streamflow_assets.core.features import JOIN_KEY, LABEL, model_inputs
+from streamflow_assets.core.features import FEATURE_COLUMNS, JOIN_KEY, LABEL, model_inputs
 from streamflow_assets.core.monitoring import (
     DECISION_THRESHOLD,
-    FEATURE_COLUMNS,
     SNAPSHOT_TABLES,
     DriftResult,
     drift_frame,

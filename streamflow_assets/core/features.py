@@ -84,6 +84,8 @@ FEATURE_VIEWS: tuple[FeatureView, ...] = (
         ("ticket_avg_resolution_hrs_90d", "Float32"),
     ),
 )
+# Each view's source table and its features, as the snapshot store's reads and joins take them.
+FEATURE_COLUMNS = {view.source_table: [f.name for f in view.features] for view in FEATURE_VIEWS}
 FEATURES: tuple[Feature, ...] = tuple(f for view in FEATURE_VIEWS for f in view.features)
 FEATURE_NAMES: list[str] = [f.name for f in FEATURES]
 CATEGORICAL: list[str] = [f.name for f in FEATURES if f.categorical]
@@ -201,6 +203,11 @@ def content_hash(rows: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+def user_id_hashes(user_ids: pd.Series) -> np.ndarray:
+    """A 64-bit hash of each user_id, for sets of users kept or compared in 8 bytes a user."""
+    return pd.util.hash_array(user_ids.to_numpy(dtype=object))
+
+
 @dataclass
 class UsersFingerprint:
     """Which users a table holds, in constant space, fed a chunk of ids at a time: their count
@@ -211,7 +218,7 @@ class UsersFingerprint:
     digest: int = 0
 
     def add(self, user_ids: pd.Series) -> UsersFingerprint:
-        hashes = pd.util.hash_array(user_ids.to_numpy(dtype=object))
+        hashes = user_id_hashes(user_ids)
         self.rows += len(hashes)
         self.digest = (self.digest + int(hashes.sum(dtype=np.uint64))) % 2**64
         return self

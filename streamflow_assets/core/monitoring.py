@@ -33,8 +33,6 @@ SCORE_COLUMN = "incumbent_score"
 DRIFT_COLUMNS = [*FEATURE_NAMES, SCORE_COLUMN]
 DECISION_THRESHOLD = 0.5
 SNAPSHOT_TABLES = [view.source_table for view in FEATURE_VIEWS]
-# What `SnapshotStore.join_batches` reads for a month's features: each table's own features.
-FEATURE_COLUMNS = {view.source_table: [f.name for f in view.features] for view in FEATURE_VIEWS}
 
 
 def month_features(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -57,7 +55,7 @@ def month_features(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def typed_chunks(chunks: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """Chunks of a month's joined features (`join_batches` of `FEATURE_COLUMNS`, in user_id
+    """Chunks of a month's joined features (`join_batches` of `features.FEATURE_COLUMNS`, in user_id
     order) typed as `month_features` types the whole month: its rows, chunk by chunk."""
     for chunk in chunks:
         yield with_stored_dtypes(chunk)

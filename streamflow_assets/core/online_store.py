@@ -78,6 +78,10 @@ class WriteStats:
         return WriteStats(self.offered + other.offered, self.written + other.written)
 
 
+# A view's counts before its first chunk.
+_NOTHING = WriteStats(offered=0, written=0)
+
+
 @dataclass(frozen=True)
 class EncodedView:
     """One feature view's rows of a snapshot: serialized entity keys, and values per feature."""
@@ -166,8 +170,7 @@ class _Monotonic:
                 accepted = self._upsert(handle, config, encoded.view, names, rows)
                 entities = len(encoded.entity_keys)
                 written = self._stats(accepted, entities * len(names), entities)
-                name = encoded.view.name
-                stats[name] = stats[name] + written if name in stats else written
+                stats[encoded.view.name] = stats.get(encoded.view.name, _NOTHING) + written
         return stats
 
 
@@ -477,8 +480,7 @@ class MonotonicRedisOnlineStore(RedisOnlineStore):
                     config, encoded.view, encoded.entity_keys, encoded.values, event_ts
                 ),
             )
-            name = encoded.view.name
-            stats[name] = stats[name] + written if name in stats else written
+            stats[encoded.view.name] = stats.get(encoded.view.name, _NOTHING) + written
         return stats
 
     def online_write_batch(

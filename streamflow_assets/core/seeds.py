@@ -12,6 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from streamflow_assets.core.features import user_id_hashes
+
 USER_ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 MAX_EXAMPLES = 5
 
@@ -303,13 +305,9 @@ class KnownUsers:
         parts = list(hashes)
         self._sorted = np.sort(np.concatenate(parts)) if parts else np.empty(0, np.uint64)
 
-    @staticmethod
-    def hashes(ids: pd.Series) -> np.ndarray:
-        return pd.util.hash_array(ids.to_numpy(dtype=object))
-
     def known(self, ids: pd.Series) -> np.ndarray:
         """Whether each id is one of the users' (a 64-bit hash collision aside)."""
-        wanted = self.hashes(ids)
+        wanted = user_id_hashes(ids)
         if not len(self._sorted):
             return np.zeros(len(wanted), dtype=bool)
         at = np.searchsorted(self._sorted, wanted).clip(max=len(self._sorted) - 1)
@@ -389,11 +387,9 @@ def _duplicate_problems(file: str, ids: list[pa.Array], lines: list[np.ndarray])
         return []
     mask = pc.is_in(every, value_set=repeated).to_numpy(zero_copy_only=False)
     at = np.flatnonzero(mask)[:MAX_EXAMPLES]
-    line = np.concatenate(lines)[at]
-    shown = every.take(pa.array(at)).to_pylist()
-    examples = tuple(
-        f"line {n + 2} user_id={uid!r} user_id={uid!r}" for n, uid in zip(line, shown, strict=True)
-    )
+    rows = pd.DataFrame({"user_id": every.take(pa.array(at)).to_pylist()})
+    rows.index = np.concatenate(lines)[at]
+    examples = _examples(rows, pd.Series(True, index=rows.index), "user_id")
     return [Problem(file, "user_id", "duplicate user_id", examples)]
 
 
@@ -402,7 +398,7 @@ class _Month:
     """What reading a month's files shares: every problem so far and the users' ids."""
 
     folder: Path
-    rows: int
+    chunk_rows: int
     problems: list[Problem] = field(default_factory=list)
     users: KnownUsers | None = None
     # Whether a broken file raises SeedError (after the later files are read too).
@@ -427,7 +423,7 @@ class _Month:
                 found.add(_header_problems(path, table, file))
                 # Blank lines are read as empty rows and then dropped, so that the index of
                 # every row that remains still gives its line in the file (index + 2).
-                reader = pd.read_csv(path, dtype=str, chunksize=self.rows, **_CSV_TEXT)
+                reader = pd.read_csv(path, dtype=str, chunksize=self.chunk_rows, **_CSV_TEXT)
                 for raw in [] if found else reader:
                     raw = raw[~(raw == "").all(axis=1)]
                     df, problems = _parse_chunk(raw, table, file)
@@ -438,7 +434,7 @@ class _Month:
                     ids.append(_arrow_text(df["user_id"]))
                     lines.append(df.index.to_numpy())
                     if table is USERS:
-                        hashes.append(KnownUsers.hashes(df["user_id"]))
+                        hashes.append(user_id_hashes(df["user_id"]))
                     elif self.users is not None:
                         found.add(unknown_user_problems(table, df, self.users))
                     if not self.problems and not found:

@@ -13,10 +13,9 @@ from dagster import build_init_resource_context
 
 from streamflow_assets.core import months, seeds
 from streamflow_assets.core.compiled import CompiledModel
-from streamflow_assets.core.features import LABEL, model_inputs
+from streamflow_assets.core.features import FEATURE_COLUMNS, LABEL, model_inputs
 from streamflow_assets.core.monitoring import (
     DRIFT_COLUMNS,
-    FEATURE_COLUMNS,
     SCORE_COLUMN,
     DriftResult,
     RetrainReason,
