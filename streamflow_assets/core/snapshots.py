@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
@@ -10,7 +11,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pandas as pd
 import psycopg
@@ -118,6 +119,20 @@ def with_as_of(df: pd.DataFrame, as_of: datetime) -> pd.DataFrame:
     return out
 
 
+@contextlib.contextmanager
+def _bounded_duckdb() -> Iterator[Any]:
+    """A DuckDB connection within DUCKDB_BOUNDS, spilling to a temporary directory of its own."""
+    import duckdb
+
+    with (
+        tempfile.TemporaryDirectory(prefix="streamflow-duckdb-") as spill,
+        duckdb.connect(config=DUCKDB_BOUNDS | {"temp_directory": spill}) as db,
+    ):
+        # Its progress bar would be printed on stdout during a long query.
+        db.execute("SET enable_progress_bar = false")
+        yield db
+
+
 class ParquetSnapshotStore:
     """Local profile: `<root>/<table>/<YYYY-MM-DD>.parquet`, a directory Feast's file source reads.
 
@@ -215,19 +230,12 @@ class ParquetSnapshotStore:
         rows: int,
         require: str | None = None,
     ) -> Iterator[pd.DataFrame]:
-        import duckdb
-
         sources = {
             table: f"SELECT {', '.join([JOIN_KEY, *columns])} FROM read_parquet({path})"
             for table, columns in tables.items()
             for path in [_sql_text(str(self._existing(table, as_of)))]
         }
-        with (
-            tempfile.TemporaryDirectory(prefix="streamflow-join-") as spill,
-            duckdb.connect(config=DUCKDB_BOUNDS | {"temp_directory": spill}) as db,
-        ):
-            # Its progress bar would be printed on stdout during a long join.
-            db.execute("SET enable_progress_bar = false")
+        with _bounded_duckdb() as db:
             reader = db.sql(_join_sql(sources, tables, require)).to_arrow_reader(rows)
             for batch in reader:
                 yield batch.to_pandas()
@@ -245,17 +253,11 @@ class ParquetSnapshotStore:
     def mismatches(
         self, table: str, others: Mapping[str, Sequence[str]], as_of: datetime
     ) -> dict[str, int]:
-        import duckdb
-
         def source(name: str) -> str:
             return f"SELECT * FROM read_parquet({_sql_text(str(self._existing(name, as_of)))})"
 
         found: dict[str, int] = {}
-        with (
-            tempfile.TemporaryDirectory(prefix="streamflow-check-") as spill,
-            duckdb.connect(config=DUCKDB_BOUNDS | {"temp_directory": spill}) as db,
-        ):
-            db.execute("SET enable_progress_bar = false")
+        with _bounded_duckdb() as db:
             for other, columns in others.items():
                 query = _mismatch_sql(source(table), source(other), columns)
                 found |= _nonzero(columns, db.execute(query).fetchone())
