@@ -128,8 +128,10 @@ def test_a_pool_process_that_keeps_memory_after_a_step_is_replaced_by_a_fresh_on
                 while step_pid in group_pids(worker.process.pid):
                     assert time.monotonic() < deadline, "the process that kept memory stayed"
                     time.sleep(0.2)
-                others = group_pids(worker.process.pid) - {worker.process.pid}
-                assert others, "no pool process left"
+                # The replacement is forked after the old one is reaped: wait for it to appear.
+                while not (others := group_pids(worker.process.pid) - {worker.process.pid}):
+                    assert time.monotonic() < deadline, "no pool process left"
+                    time.sleep(0.2)
                 assert all(
                     psutil.Process(pid).memory_info().rss < limit_mb * 2**20 for pid in others
                 )
