@@ -158,8 +158,9 @@ class Stack:
             Service(
                 "mlflow",
                 [
-                    str(bin_dir / "mlflow"),
-                    "server",
+                    sys.executable,
+                    "-m",
+                    "streamflow_assets.mlflow_server",
                     "--backend-store-uri",
                     self.dsn(self.stack.mlflow_db),
                     "--serve-artifacts",

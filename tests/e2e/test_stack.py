@@ -294,6 +294,16 @@ def test_the_webserver_the_daemon_and_their_runs_share_the_stacks_one_code_serve
     )
 
 
+def test_the_tracking_server_is_one_process(native_stack: NativeStack) -> None:
+    """`mlflow server` used to wait on its uvicorn child, a second full MLflow import (257 MB)."""
+    running = Supervisor(native_stack.data_dir / "stack").running()
+    tree = _tree(running["mlflow"])
+    assert len(tree) == 1, [p.cmdline() for p in tree]
+    assert "mlflow.server.fastapi_app:app" in tree[0].cmdline()
+    port = native_stack.env["STREAMFLOW_STACK_MLFLOW_PORT"]
+    assert httpx.get(f"http://127.0.0.1:{port}/health").text == "OK"
+
+
 def _tree(pid: int) -> list[psutil.Process]:
     process = psutil.Process(pid)
     return [process, *process.children(recursive=True)]
