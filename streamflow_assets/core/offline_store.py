@@ -45,8 +45,10 @@ from psycopg import Connection, sql
 from streamflow_assets.core.snapshots import (
     ARROW_TYPES,
     COPY_CHUNK_ROWS,
+    COPY_FROM_CSV,
     CopyStream,
     column_spec,
+    copy_csv,
     parse_csv,
 )
 
@@ -155,18 +157,9 @@ class CopyRetrievalJob(PostgreSQLRetrievalJob):
 def _upload(config: RepoConfig, entities: pd.DataFrame, table: str) -> None:
     """The entity frame as an unlogged table (it lives for one query), sent by `COPY`."""
     columns = [(column, column_spec(entities[column])[0]) for column in entities.columns]
-    # pandas writes a time-zone-aware column to CSV about 4x slower than a naive one (3.3 s
-    # against 0.9 s for 1M rows): times go naive in UTC, read in a session whose zone is UTC.
-    naive = {
-        column: entities[column].dt.tz_convert("UTC").dt.tz_localize(None)
-        for column, kind in columns
-        if kind == "timestamp with time zone"
-    }
-    rows = entities.assign(**naive)
     name = sql.Identifier(table)
     names = sql.SQL(", ").join(sql.Identifier(column) for column, _ in columns)
     with _get_conn(config.offline_store) as conn:
-        conn.execute("SET TIME ZONE 'UTC'")
         conn.execute(
             sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
                 name,
@@ -176,13 +169,9 @@ def _upload(config: RepoConfig, entities: pd.DataFrame, table: str) -> None:
                 ),
             )
         )
-        copy_sql = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, NULL '\\N')").format(
-            name, names
-        )
-        with conn.cursor().copy(copy_sql) as copy:
-            for start in range(0, len(rows), COPY_CHUNK_ROWS):
-                chunk = rows.iloc[start : start + COPY_CHUNK_ROWS]
-                copy.write(chunk.to_csv(index=False, header=False, na_rep="\\N"))
+        with conn.cursor().copy(sql.SQL(COPY_FROM_CSV).format(name, names)) as copy:
+            for start in range(0, len(entities), COPY_CHUNK_ROWS):
+                copy.write(copy_csv(entities.iloc[start : start + COPY_CHUNK_ROWS]))
 
 
 def _lateral_join(

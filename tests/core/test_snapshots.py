@@ -391,7 +391,7 @@ def test_postgres_writes_a_table_in_bounded_copy_chunks(
     write = psycopg.Copy.write
 
     def counting_write(copy, buffer) -> None:
-        sent.append(str(buffer).count("\n"))
+        sent.append(bytes(buffer).count(b"\n"))
         write(copy, buffer)
 
     monkeypatch.setattr(psycopg.Copy, "write", counting_write)
