@@ -45,10 +45,10 @@ from psycopg import Connection, sql
 from streamflow_assets.core.snapshots import (
     ARROW_TYPES,
     COPY_CHUNK_ROWS,
-    COPY_FROM_CSV,
     CopyStream,
     column_spec,
     copy_csv,
+    copy_from_csv,
     parse_csv,
 )
 
@@ -157,19 +157,17 @@ class CopyRetrievalJob(PostgreSQLRetrievalJob):
 def _upload(config: RepoConfig, entities: pd.DataFrame, table: str) -> None:
     """The entity frame as an unlogged table (it lives for one query), sent by `COPY`."""
     columns = [(column, column_spec(entities[column])[0]) for column in entities.columns]
-    name = sql.Identifier(table)
-    names = sql.SQL(", ").join(sql.Identifier(column) for column, _ in columns)
     with _get_conn(config.offline_store) as conn:
         conn.execute(
             sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
-                name,
+                sql.Identifier(table),
                 sql.SQL(", ").join(
                     sql.SQL("{} {}").format(sql.Identifier(column), sql.SQL(kind))
                     for column, kind in columns
                 ),
             )
         )
-        with conn.cursor().copy(sql.SQL(COPY_FROM_CSV).format(name, names)) as copy:
+        with conn.cursor().copy(copy_from_csv(table, list(entities.columns))) as copy:
             for start in range(0, len(entities), COPY_CHUNK_ROWS):
                 copy.write(copy_csv(entities.iloc[start : start + COPY_CHUNK_ROWS]))
 

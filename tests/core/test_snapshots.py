@@ -438,6 +438,69 @@ def test_postgres_rewriting_a_month_replaces_it_and_leaves_other_months(
             pd.testing.assert_frame_equal(pg_store.read(table, as_of), expected)
 
 
+def partitions(store: PostgresSnapshotStore, table: str) -> list[tuple[str, str]]:
+    """(partition, bound) of `table`, by name."""
+    return pg_rows(
+        store,
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i "
+        f"JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = '{table}'::regclass "
+        "ORDER BY 1",
+    )
+
+
+@pytest.mark.postgres
+def test_postgres_keeps_a_partition_per_month_and_a_rewrite_leaves_no_dead_rows(
+    pg_store: PostgresSnapshotStore,
+) -> None:
+    """A month is its own partition: rewriting it swaps in a new one instead of deleting rows,
+    so the table does not grow with re-runs."""
+    pg_store.write_month(JANUARY, month_frames(0))
+    pg_store.write_month(FEBRUARY, month_frames(1))
+    assert [name for name, _ in partitions(pg_store, "usage_agg_30d_snapshots")] == [
+        "usage_agg_30d_snapshots_20240131",
+        "usage_agg_30d_snapshots_20240229",
+    ]
+    pg_store.write_month(FEBRUARY, month_frames(7))
+    assert len(partitions(pg_store, "usage_agg_30d_snapshots")) == 2
+    assert pg_rows(
+        pg_store,
+        "SELECT sum(n_dead_tup) FROM pg_stat_user_tables WHERE relname LIKE 'usage_agg_30d%'",
+    ) == [(0,)]
+    expected = with_as_of(month_frames(7)["usage_agg_30d_snapshots"], FEBRUARY)
+    pd.testing.assert_frame_equal(pg_store.read("usage_agg_30d_snapshots", FEBRUARY), expected)
+
+
+@pytest.mark.postgres
+def test_postgres_a_table_from_before_partitions_keeps_its_months_as_the_default_partition(
+    pg_store: PostgresSnapshotStore,
+) -> None:
+    """A table an earlier version wrote (every month in one table) keeps its rows: it becomes
+    the default partition, and a month rewritten moves out of it into a partition of its own."""
+    frames = month_frames(0)
+    with psycopg.connect(pg_store.dsn) as conn:
+        conn.execute(
+            "CREATE TABLE usage_agg_30d_snapshots (user_id text NOT NULL, as_of timestamptz "
+            "NOT NULL, watch_hours_30d double precision, PRIMARY KEY (user_id, as_of))"
+        )
+        for as_of in (JANUARY, FEBRUARY):
+            rows = with_as_of(frames["usage_agg_30d_snapshots"], as_of)
+            with conn.cursor().copy(
+                snapshots.copy_from_csv("usage_agg_30d_snapshots", list(rows.columns))
+            ) as copy:
+                copy.write(snapshots.copy_csv(rows))
+    pg_store.write_month(FEBRUARY, month_frames(7))
+    (february, bound), legacy = partitions(pg_store, "usage_agg_30d_snapshots")
+    assert (february, legacy) == (
+        "usage_agg_30d_snapshots_20240229",
+        ("usage_agg_30d_snapshots_before_partitions", "DEFAULT"),
+    )
+    assert bound.startswith("FOR VALUES IN")
+    assert pg_store.as_ofs("usage_agg_30d_snapshots") == [JANUARY, FEBRUARY]
+    for as_of, version in ((JANUARY, 0), (FEBRUARY, 7)):
+        expected = with_as_of(month_frames(version)["usage_agg_30d_snapshots"], as_of)
+        pd.testing.assert_frame_equal(pg_store.read("usage_agg_30d_snapshots", as_of), expected)
+
+
 @pytest.mark.postgres
 def test_postgres_a_stream_of_tables_that_fails_midway_writes_nothing(
     pg_store: PostgresSnapshotStore,
