@@ -150,9 +150,17 @@ def rows_at(chunks: Iterable[pd.DataFrame], positions: np.ndarray) -> Iterator[p
         start = end
 
 
-def take(chunks: Iterable[pd.DataFrame], positions: np.ndarray) -> pd.DataFrame:
-    """The rows at `positions` of the concatenated chunks, in the order of `positions`."""
-    found = pd.concat(list(rows_at(chunks, positions)), ignore_index=True)
+def take(
+    chunks: Iterable[pd.DataFrame],
+    positions: np.ndarray,
+    prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> pd.DataFrame:
+    """The rows at `positions` of the concatenated chunks, in the order of `positions`; each
+    chunk's rows through `prepare` before they are gathered (only what it keeps is held whole)."""
+    parts = rows_at(chunks, positions)
+    found = pd.concat(
+        [prepare(part) for part in parts] if prepare else list(parts), ignore_index=True
+    )
     return found.iloc[np.searchsorted(np.sort(positions), positions)].reset_index(drop=True)
 
 
@@ -232,7 +240,7 @@ def train(
     only the sample is held whole. The compiled model is refused unless it predicts every
     held-out row like scikit-learn (within `ONNX_TOLERANCE`)."""
     rows = split(labels, params, max_rows)
-    x_train = to_model_frame(take(chunks(), rows.train))
+    x_train = take(chunks(), rows.train, to_model_frame)
     pipeline = build_pipeline(params)
     with one_thread():
         started = time.perf_counter()
