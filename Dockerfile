@@ -19,6 +19,7 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
 
 COPY pyproject.toml uv.lock README.md workspace.yaml dagster.yaml dagster.postgres.yaml ./
+COPY streamflow ./streamflow
 COPY streamflow_assets ./streamflow_assets
 COPY serving ./serving
 COPY feature_repo ./feature_repo
@@ -27,7 +28,7 @@ COPY deploy/workspace.compose.yaml ./deploy/workspace.compose.yaml
 # compiled now, because the unprivileged user cannot write bytecode next to the sources.
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev \
-    && /app/.venv/bin/python -m compileall -q streamflow_assets serving
+    && /app/.venv/bin/python -m compileall -q streamflow streamflow_assets serving
 
 # Every process runs as an unprivileged user. The directories that become named volumes are
 # created here with that owner, so Docker initialises the volumes writable by it.

@@ -45,7 +45,7 @@ test: install
 	.venv/bin/pytest
 
 lint: install
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports
 
 format: install
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
@@ -54,7 +54,7 @@ format: install
 # API; with PROFILE=cluster also RabbitMQ, Redis and two celery workers) under supervisord; its
 # config, socket and logs under $$STREAMFLOW_DATA_DIR/stack/ (default var/stack/).
 stack: install
-	$(if $(PROFILE),STREAMFLOW_PROFILE=$(PROFILE)) .venv/bin/python -m streamflow_assets.stack up
+	$(if $(PROFILE),STREAMFLOW_PROFILE=$(PROFILE)) .venv/bin/python -m streamflow.ops.stack up
 
 stack-down:
-	$(if $(PROFILE),STREAMFLOW_PROFILE=$(PROFILE)) .venv/bin/python -m streamflow_assets.stack down
+	$(if $(PROFILE),STREAMFLOW_PROFILE=$(PROFILE)) .venv/bin/python -m streamflow.ops.stack down

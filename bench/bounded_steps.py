@@ -32,12 +32,12 @@ import json, pickle, resource, sys, time, warnings
 from pathlib import Path
 warnings.simplefilter("ignore")
 import numpy as np
-from streamflow_assets.core import months
-from streamflow_assets.core.compiled import CompiledModel
-from streamflow_assets.core.features import LABEL, model_inputs, to_model_frame
-from streamflow_assets.core.monitoring import SNAPSHOT_TABLES
-from streamflow_assets.core.snapshots import ParquetSnapshotStore
-from streamflow_assets.core.training import ModelParams
+from streamflow.domain import months
+from streamflow.adapters.onnx_model import CompiledModel
+from streamflow.domain.features import LABEL, model_inputs, to_model_frame
+from streamflow.domain.model_monitoring import SNAPSHOT_TABLES
+from streamflow.adapters.snapshots import ParquetSnapshotStore
+from streamflow.domain.training import ModelParams
 scratch = Path(sys.argv[1])
 store, as_of = ParquetSnapshotStore(scratch / "snapshots"), months.as_of("2024-01")
 params = ModelParams(max_iter=int(sys.argv[2]))
@@ -51,8 +51,8 @@ print(json.dumps({"seconds": time.perf_counter() - started, "imported_mb": impor
 
 # Writes the month's training table (labels and features, as `training_dataset` holds them).
 PREPARE = """
-from streamflow_assets.core.monitoring import month_features
-from streamflow_assets.core.seeds import read_month
+from streamflow.domain.model_monitoring import month_features
+from streamflow.domain.seeds import read_month
 tables = read_month(Path(sys.argv[3]) / "month_000")
 store.write_month(as_of, tables)
 features = month_features({t: tables[t] for t in SNAPSHOT_TABLES})
@@ -66,18 +66,19 @@ STEPS = {
     "churn_model": (
         "read the training table, split, fit, ONNX and its check, held-out scores",
         """
-from streamflow_assets.core.features import content_hash
-from streamflow_assets.core.training import to_onnx, train
+from streamflow.domain.features import content_hash
+from streamflow.domain.training import to_onnx, train
 dataset = store.read("training_dataset", as_of).drop(columns=["as_of"])
 content_hash(dataset)
 trained = train(dataset, params)
 onnx = to_onnx(trained.pipeline, trained.split.x_val)
 """,
         """
-from streamflow_assets.core.training import labels_and_hash, train
+from streamflow.adapters.onnx_model import CompiledModel
+from streamflow.domain.training import labels_and_hash, train
 chunks = lambda: store.read_batches("training_dataset", as_of, int(sys.argv[4]))
 labels, _ = labels_and_hash(chunks())
-trained = train(chunks, labels, params, int(sys.argv[5]))
+trained = train(chunks, labels, params, int(sys.argv[5]), load_compiled=CompiledModel)
 onnx = trained.onnx
 (scratch / "model.onnx").write_bytes(onnx)
 (scratch / "pipeline.pkl").write_bytes(pickle.dumps(trained.pipeline))
@@ -86,7 +87,7 @@ onnx = trained.onnx
     "production_model": (
         "the held-out split re-drawn, both versions scored on it",
         """
-from streamflow_assets.core.training import split
+from streamflow.domain.training import split
 pipeline = pickle.loads((scratch / "pipeline.pkl").read_bytes())
 dataset = store.read("training_dataset", as_of).drop(columns=["as_of"])
 held_out = split(dataset, params)
@@ -94,7 +95,7 @@ for _ in range(2):
     pipeline.predict_proba(held_out.x_val)
 """,
         """
-from streamflow_assets.core.training import month_labels, score_rows, split
+from streamflow.domain.training import month_labels, score_rows, split
 pipeline = pickle.loads((scratch / "pipeline.pkl").read_bytes())
 rows = int(sys.argv[4])
 labels = month_labels(store.read_batches("training_dataset", as_of, rows, [LABEL]))
@@ -106,7 +107,7 @@ score_rows(store.read_batches("training_dataset", as_of, rows), split(labels, pa
         "every user's features joined, scored, the scores table built",
         """
 import pandas as pd
-from streamflow_assets.core.monitoring import month_features
+from streamflow.domain.model_monitoring import month_features
 model = CompiledModel((scratch / "model.onnx").read_bytes())
 features = month_features({t: store.read(t, as_of) for t in SNAPSHOT_TABLES})
 p = model.predict_proba(model_inputs(features))
@@ -115,8 +116,8 @@ pd.DataFrame({"user_id": features["user_id"], "probability": p, "prediction": p 
 """,
         """
 import pandas as pd
-from streamflow_assets.core.features import FEATURE_COLUMNS
-from streamflow_assets.core.monitoring import typed_chunks
+from streamflow.domain.features import FEATURE_COLUMNS
+from streamflow.domain.model_monitoring import typed_chunks
 model = CompiledModel((scratch / "model.onnx").read_bytes())
 parts = []
 for features in typed_chunks(store.join_batches(FEATURE_COLUMNS, as_of, int(sys.argv[4]))):
@@ -129,14 +130,14 @@ pd.concat(parts, ignore_index=True)
     "feature_drift": (
         "two months' features (here the same month twice) sampled, the samples scored",
         """
-from streamflow_assets.core.monitoring import drift_sample, month_features
+from streamflow.domain.model_monitoring import drift_sample, month_features
 model = CompiledModel((scratch / "model.onnx").read_bytes())
 sides = [month_features({t: store.read(t, as_of) for t in SNAPSHOT_TABLES}) for _ in range(2)]
 for side in map(drift_sample, sides):
     model.predict_proba(model_inputs(side))
 """,
         """
-from streamflow_assets.core.monitoring import FEATURE_COLUMNS, sample_chunks, typed_chunks
+from streamflow.domain.model_monitoring import FEATURE_COLUMNS, sample_chunks, typed_chunks
 model = CompiledModel((scratch / "model.onnx").read_bytes())
 for _ in range(2):
     side, _ = sample_chunks(
@@ -147,7 +148,7 @@ for _ in range(2):
     "model_performance": (
         "the labelled users' features joined and scored",
         """
-from streamflow_assets.core.monitoring import month_features
+from streamflow.domain.model_monitoring import month_features
 model = CompiledModel((scratch / "model.onnx").read_bytes())
 labels = store.read("labels_snapshots", as_of)
 features = month_features({t: store.read(t, as_of) for t in SNAPSHOT_TABLES})
@@ -155,8 +156,8 @@ labelled = labels[["user_id", LABEL]].merge(features, on="user_id")
 model.predict_proba(model_inputs(labelled))
 """,
         """
-from streamflow_assets.core.features import FEATURE_COLUMNS
-from streamflow_assets.core.monitoring import typed_chunks
+from streamflow.domain.features import FEATURE_COLUMNS
+from streamflow.domain.model_monitoring import typed_chunks
 model = CompiledModel((scratch / "model.onnx").read_bytes())
 tables = {"labels_snapshots": [LABEL]} | FEATURE_COLUMNS
 chunks = store.join_batches(tables, as_of, int(sys.argv[4]), require="labels_snapshots")

@@ -37,9 +37,9 @@ TABLE = "usage_agg_30d_snapshots"
 STORE_RUNNER = """
 import json, sys, time
 from pathlib import Path
-from streamflow_assets.core import months
-from streamflow_assets.core.seeds import TABLES_BY_SNAPSHOT, parse_table
-from streamflow_assets.core.snapshots import PostgresSnapshotStore
+from streamflow.domain import months
+from streamflow.domain.seeds import TABLES_BY_SNAPSHOT, parse_table
+from streamflow.adapters.snapshots import PostgresSnapshotStore
 
 def status(field):
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -70,10 +70,10 @@ CHECKS_RUNNER = """
 import json, sys, time, warnings
 warnings.simplefilter("ignore")
 from dagster import AssetSelection, Definitions, define_asset_job, instance_for_test
-from streamflow_assets.core.settings import get_settings
+from streamflow.settings import get_settings
 from streamflow_assets.definitions import build_definitions
 from streamflow_assets.jobs import MONTHLY_PIPELINE
-from streamflow_assets.pipeline import run_month
+from streamflow.ops.pipeline import run_month
 
 full = build_definitions(get_settings())
 job = define_asset_job(MONTHLY_PIPELINE, selection=AssetSelection.groups("ingestion"))

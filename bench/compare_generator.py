@@ -12,7 +12,7 @@ from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from streamflow_assets.core.generator import TABLE_COLUMNS, generate_seeds
+from streamflow.ops.generator import TABLE_COLUMNS, generate_seeds
 
 REAL_SEEDS = Path("/work/shared/seeds")
 NOTES = """

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamflow_assets.core.generator import DEFAULT_CHUNK_SIZE, generate_seeds
+from streamflow.ops.generator import DEFAULT_CHUNK_SIZE, generate_seeds
 
 
 def child(out: Path, users: int, months: int, seed: int) -> None:

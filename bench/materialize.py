@@ -33,9 +33,9 @@ STEP_RUNNER = """
 import json, sys, warnings
 warnings.simplefilter("ignore")
 from dagster import instance_for_test
-from streamflow_assets.core.settings import get_settings
+from streamflow.settings import get_settings
 from streamflow_assets.definitions import build_definitions
-from streamflow_assets.pipeline import run_months
+from streamflow.ops.pipeline import run_months
 months, assets = sys.argv[1].split(","), sys.argv[2].split(",")
 with instance_for_test() as instance:
     outcomes = run_months(months, defs=build_definitions(get_settings()), instance=instance,

@@ -38,9 +38,9 @@ RUNNER = """
 import json, resource, sys, warnings
 warnings.simplefilter("ignore")
 from dagster import DagsterInstance
-from streamflow_assets.core.settings import get_settings
+from streamflow.settings import get_settings
 from streamflow_assets.definitions import build_definitions
-from streamflow_assets.pipeline import run_month
+from streamflow.ops.pipeline import run_month
 months, assets = sys.argv[1].split(","), [a for a in sys.argv[2].split(",") if a]
 defs = build_definitions(get_settings())
 imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -62,7 +62,7 @@ print(json.dumps({"runs": runs, "imported_mb": imported / 1024, "peak_mb": peak 
 EVIDENTLY_IMPORT = """
 import time
 started = time.process_time()
-from streamflow_assets.core.drift_worker import import_evidently
+from streamflow.adapters.drift_worker import import_evidently
 import_evidently()
 print(time.process_time() - started)
 """
@@ -169,7 +169,7 @@ The month's run took {month["seconds"]:.1f} s, of which the three monitoring ass
 (target ≤ 30 %: {verdict}).
 
 Not in those steps: Evidently's import, {evidently_cpu:.1f} s of CPU in a fresh process (the drift
-worker, `core/drift_worker.py`, started with the run, pays it on the other core while the month is
+worker, `adapters/drift_worker.py`, started with the run, pays it on the other core while the month is
 ingested and trained).
 
 The month's other steps:

@@ -1,7 +1,7 @@
 """Benchmark: a month's guarded online write per store (SQLite, PostgreSQL, Redis), side by side.
 
 Generates synthetic seeds, encodes each month's four feature views once (as `materialize_month`
-does), then per store and per implementation (this tree's `core/online_store.py`, and with
+does), then per store and per implementation (this tree's `adapters/online_store.py`, and with
 `--baseline REV` the file as it was at that commit) writes, in a fresh store:
   1. month 1 (every user new), 2. month 2 (every user updated), 3. month 2 again (a re-run),
   4. month 1 again (a backfill: every user older), 5. month 3 (every user updated),
@@ -41,13 +41,13 @@ from psycopg import sql
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from streamflow_assets.core.feature_store import _encoded, _entity_keys  # noqa: E402
-from streamflow_assets.core.features import FEATURE_VIEWS, JOIN_KEY  # noqa: E402
-from streamflow_assets.core.seeds import read_month  # noqa: E402
+from streamflow.adapters.feature_store import _encoded, _entity_keys  # noqa: E402
+from streamflow.domain.features import FEATURE_VIEWS, JOIN_KEY  # noqa: E402
+from streamflow.domain.seeds import read_month  # noqa: E402
 from tests.cluster import REDIS, redis_db  # noqa: E402
 from tests.profiles import POSTGRES, throwaway_databases  # noqa: E402
 
-MODULE = "streamflow_assets/core/online_store.py"
+MODULE = "streamflow/adapters/online_store.py"
 PROJECT = "bench"
 AS_OF = [datetime(2024, 1, 31, tzinfo=UTC), datetime(2024, 2, 29, tzinfo=UTC)]
 AS_OF.append(datetime(2024, 3, 31, tzinfo=UTC))
@@ -74,7 +74,7 @@ VIEWS = {
 
 
 def load_module(source: str) -> ModuleType:
-    """`core/online_store.py` of this tree ("current") or of a commit, as a module of its own."""
+    """`adapters/online_store.py` of this tree ("current") or of a commit, as a module of its own."""
     if source == "current":
         path = REPO / MODULE
     else:
@@ -205,7 +205,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--stores", nargs="+", default=["sqlite", "postgres", "redis"])
-    parser.add_argument("--baseline", help="also run core/online_store.py as of this commit")
+    parser.add_argument("--baseline", help="also run adapters/online_store.py as of this commit")
     parser.add_argument("--redis-batches", action="store_true", help="sweep Redis batch sizes")
     parser.add_argument("--save", action="store_true", help="write bench/reports/online_write.md")
     args = parser.parse_args()

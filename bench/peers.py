@@ -49,7 +49,7 @@ from serve import (
 )
 
 from serving.settings import ServingSettings
-from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_SERVICE, model_inputs
+from streamflow.domain.features import FEATURE_NAMES, FEATURE_SERVICE, model_inputs
 
 OURS = "streamflow serve /predict"
 ASSEMBLED = "feast serve + mlflow models serve"

@@ -3,7 +3,7 @@
 Generates synthetic seeds, stores three months of snapshots per profile (local: Parquet read by
 DuckDB; postgres: the snapshot tables), applies the Feast repo, then times the join of the
 second month's labelled users with `churn_model_v1` as `training_dataset` does: on DuckDB (the
-local profile), on the postgres profile's offline store (core/offline_store.py) as the tables
+local profile), on the postgres profile's offline store (adapters/offline_store.py) as the tables
 are stored and again after ANALYZE (statistics must not change its plan), and on Feast's own
 PostgreSQL offline store (`--no-stock` skips it: minutes at 1M users). The postgres profile's
 query also runs under EXPLAIN (ANALYZE, BUFFERS), summarized: where the time goes. `--save`
@@ -40,11 +40,11 @@ warnings.simplefilter("ignore")
 from pathlib import Path
 import pandas as pd
 import psycopg
-from streamflow_assets.core import months
-from streamflow_assets.core.feature_store import apply_definitions, open_store
-from streamflow_assets.core.features import FEATURE_SERVICE
-from streamflow_assets.core.seeds import iter_month
-from streamflow_assets.core.settings import get_settings
+from streamflow.domain import months
+from streamflow.adapters.feature_store import apply_definitions, open_store
+from streamflow.domain.features import FEATURE_SERVICE
+from streamflow.domain.seeds import iter_month
+from streamflow.settings import get_settings
 from streamflow_assets.resources import build_resources
 seeds, keys, store_kind = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
 settings = get_settings()

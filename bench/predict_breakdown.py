@@ -103,7 +103,7 @@ def measure_parts(users: list[str]) -> dict[str, float]:
     from serving.routes.predict import _score
     from serving.settings import ServingSettings
     from serving.state import ServingState
-    from streamflow_assets.core.features import model_row
+    from streamflow.domain.features import model_row
 
     state = ServingState.create(ServingSettings(reload_interval_seconds=0), ServingMetrics())
     state.refresh()

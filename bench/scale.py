@@ -5,7 +5,7 @@ fresh data dir:
 
 - `local`: nothing to start (the embedded profile).
 - `postgres`, `cluster`: throwaway PostgreSQL databases (data, MLflow, Dagster), and the
-  profile's native stack as `make stack` runs it (`python -m streamflow_assets.stack up`, under
+  profile's native stack as `make stack` runs it (`python -m streamflow.ops.stack up`, under
   supervisord: MLflow with its Postgres backend and served artifacts, the Dagster webserver and
   daemon, the API, and under `cluster` two celery workers on dagster-celery's tasks)
   on free ports; `cluster` also gets a RabbitMQ vhost and a Redis database of its own.
@@ -168,7 +168,7 @@ def _clean_env() -> dict[str, str]:
 
 def _stack_cli(action: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [PYTHON, "-m", "streamflow_assets.stack", action],
+        [PYTHON, "-m", "streamflow.ops.stack", action],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -541,7 +541,7 @@ def report(
         f"Command: `{command}`",
         "",
         "What is measured: `local` starts nothing; `postgres` and `cluster` start the profile's "
-        "native stack (`python -m streamflow_assets.stack up`, as `make stack`) on their own "
+        "native stack (`python -m streamflow.ops.stack up`, as `make stack`) on their own "
         "ports and throwaway databases (`cluster`: a RabbitMQ vhost, a Redis db and two "
         "celery workers of its own). RSS is sampled every "
         f"{interval:g} s for every process of the stack "

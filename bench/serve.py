@@ -381,9 +381,9 @@ def analyze(database: str) -> None:
 
 def write_redis(seeds: Path, env: dict[str, str]) -> None:
     """Every seeds month online in the cluster profile's Redis, from the postgres snapshots."""
-    from streamflow_assets.core import months
-    from streamflow_assets.core.feature_store import materialize_month, open_store
-    from streamflow_assets.core.settings import Settings
+    from streamflow.adapters.feature_store import materialize_month, open_store
+    from streamflow.domain import months
+    from streamflow.settings import Settings
     from streamflow_assets.resources import build_resources
 
     print("writing the months online into Redis ...", flush=True)

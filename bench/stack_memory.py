@@ -1,6 +1,6 @@
 """Benchmark: the native stack's memory (`make stack`) idle, and a celery worker's after a step.
 
-For each profile it starts the whole stack with `streamflow_assets.stack.up` on free loopback ports,
+For each profile it starts the whole stack with `streamflow.ops.stack.up` on free loopback ports,
 throwaway databases (and, for `cluster`, a Redis db and a RabbitMQ vhost of its own), waits until
 every service answers, then samples every process under the stack's supervisord for `--idle`
 seconds: the RSS summed over the processes (and, at the end, their PSS: shared pages counted once),
@@ -35,8 +35,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from streamflow_assets.core.settings import Settings  # noqa: E402
-from streamflow_assets.stack import (  # noqa: E402
+from streamflow.ops.stack import (  # noqa: E402
     WORKERS,
     StackSettings,
     Supervisor,
@@ -46,6 +45,7 @@ from streamflow_assets.stack import (  # noqa: E402
     drop_databases,
     up,
 )
+from streamflow.settings import Settings  # noqa: E402
 from tests.cluster import rabbitmq_vhost, redis_db  # noqa: E402
 from tests.profiles import free_port  # noqa: E402
 

@@ -17,8 +17,8 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
 from serving.settings import get_serving_settings
-from streamflow_assets.core.feature_store import open_store
-from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_REFS, to_model_frame
+from streamflow.adapters.feature_store import open_store
+from streamflow.domain.features import FEATURE_NAMES, FEATURE_REFS, to_model_frame
 
 state: dict[str, object] = {}
 

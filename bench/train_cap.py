@@ -3,7 +3,7 @@
 Reads a generated month (`streamflow generate --users N --months 2 --seed 42 --out DIR`), builds
 its training set (the month's features and labels: what `training_dataset` joins at as_of), and
 fits the pipeline's model once per cap (`STREAMFLOW_TRAIN_MAX_ROWS`), each in a fresh process:
-`core.training.train` on the stratified, seeded sample of at most that many training rows, judged
+`domain.training.train` on the stratified, seeded sample of at most that many training rows, judged
 on the month's whole held-out split (the promotion gate's rows) and on the next month's labels
 (what `model_performance` measures). Prints a markdown report (and writes it to
 bench/reports/train_cap.md with --save).
@@ -33,8 +33,8 @@ REPORT = REPO / "bench" / "reports" / "train_cap.md"
 
 def month_dataset(folder: Path):
     """A month's labelled users with their 14 features, as the training table holds them."""
-    from streamflow_assets.core.monitoring import month_features
-    from streamflow_assets.core.seeds import read_month
+    from streamflow.domain.model_monitoring import month_features
+    from streamflow.domain.seeds import read_month
 
     month = read_month(folder)
     features = month_features(month)
@@ -48,15 +48,17 @@ def fit_once(dataset_path: str, next_path: str, cap: int) -> dict[str, float]:
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
-    from streamflow_assets.core.compiled import CompiledModel
-    from streamflow_assets.core.features import LABEL, model_inputs
-    from streamflow_assets.core.training import ModelParams, train
+    from streamflow.adapters.onnx_model import CompiledModel
+    from streamflow.domain.features import LABEL, model_inputs
+    from streamflow.domain.training import ModelParams, train
 
     dataset = pd.read_parquet(dataset_path)
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     labels = dataset[LABEL].astype(int).to_numpy()
     started = time.perf_counter()
-    trained = train(lambda: [dataset], labels, ModelParams(), cap or None)
+    trained = train(
+        lambda: [dataset], labels, ModelParams(), cap or None, load_compiled=CompiledModel
+    )
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     following = pd.read_parquet(next_path)

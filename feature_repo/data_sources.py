@@ -6,9 +6,9 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
     PostgreSQLSource,
 )
 
-from streamflow_assets.core.features import TIMESTAMP
-from streamflow_assets.core.seeds import TABLES
-from streamflow_assets.core.settings import get_settings
+from streamflow.domain.features import TIMESTAMP
+from streamflow.domain.seeds import TABLES
+from streamflow.settings import get_settings
 
 
 def snapshot_source(table: str) -> FileSource | PostgreSQLSource:
@@ -17,7 +17,7 @@ def snapshot_source(table: str) -> FileSource | PostgreSQLSource:
     name = f"{table}_source"
     if settings.uses_postgres:
         return PostgreSQLSource(name=name, table=table, timestamp_field=TIMESTAMP)
-    # One parquet file per as_of (core/snapshots.py); the glob skips the store's hidden staging
+    # One parquet file per as_of (adapters/snapshots.py); the glob skips the store's hidden staging
     # files, and DuckDB reads the files it matches as one table, streaming.
     return FileSource(
         name=name,

@@ -2,7 +2,7 @@
 
 from feast import Entity, ValueType
 
-from streamflow_assets.core.features import ENTITY, JOIN_KEY
+from streamflow.domain.features import ENTITY, JOIN_KEY
 
 user = Entity(
     name=ENTITY,

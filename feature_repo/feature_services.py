@@ -2,7 +2,7 @@
 
 from feast import FeatureService
 
-from streamflow_assets.core.features import FEATURE_SERVICE
+from streamflow.domain.features import FEATURE_SERVICE
 
 from feature_views import views
 

@@ -3,7 +3,7 @@
 from feast import FeatureView, Field
 from feast.types import Bool, Float32, Int64, String
 
-from streamflow_assets.core.features import FEATURE_TTL, FEATURE_VIEWS
+from streamflow.domain.features import FEATURE_TTL, FEATURE_VIEWS
 
 from data_sources import sources
 from entities import user

@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg import AsyncConnection
 
 from serving.model import describe
-from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_SERVICE, FEATURES, JOIN_KEY
+from streamflow.domain.features import FEATURE_NAMES, FEATURE_SERVICE, FEATURES, JOIN_KEY
 
 FeatureValue = int | float | bool | str | None
 

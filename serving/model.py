@@ -16,8 +16,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from requests import RequestException
 
-from streamflow_assets.core.compiled import ONNX_FILE, CompiledModel
-from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_SERVICE, model_inputs
+from streamflow.adapters.onnx_model import ONNX_FILE, CompiledModel
+from streamflow.domain.features import FEATURE_NAMES, FEATURE_SERVICE, model_inputs
 
 log = logging.getLogger(__name__)
 

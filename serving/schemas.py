@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-from streamflow_assets.core.features import FEATURES
+from streamflow.domain.features import FEATURES
 
 USER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]

@@ -8,8 +8,8 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from streamflow_assets.core.registry import CHAMPION_URI
-from streamflow_assets.core.settings import Settings
+from streamflow.adapters.registry import CHAMPION_URI
+from streamflow.settings import Settings
 
 
 class ServingSettings(Settings):

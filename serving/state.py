@@ -12,7 +12,7 @@ from serving.features import OnlineFeatureReader, OnlineStoreUnavailable
 from serving.metrics import ServingMetrics
 from serving.model import ModelManager, ModelUri, describe
 from serving.settings import ServingSettings
-from streamflow_assets.core.feature_store import open_store
+from streamflow.adapters.feature_store import open_store
 
 log = logging.getLogger(__name__)
 

@@ -2,28 +2,28 @@
 
 from dagster import Definitions, JobDefinition
 
-from streamflow_assets.assets.features import (
+from streamflow.settings import Settings, get_settings
+from streamflow_assets.executors import build_executor
+from streamflow_assets.features.assets import (
     feature_registry,
     online_features,
     training_dataset,
 )
-from streamflow_assets.assets.ingestion import (
-    monthly_snapshots,
-    new_seed_month_sensor,
-)
-from streamflow_assets.assets.model_monitoring import monitoring_assets, retraining_sensor
-from streamflow_assets.assets.monitoring import (
+from streamflow_assets.freshness.checks import (
     build_freshness_schedule,
     freshness_checks,
     freshness_checks_job,
     freshness_sensors,
 )
-from streamflow_assets.assets.registry import production_model
-from streamflow_assets.assets.training import candidate_scores_online_features, churn_model
-from streamflow_assets.core.settings import Settings, get_settings
-from streamflow_assets.executors import build_executor
+from streamflow_assets.ingestion.assets import (
+    monthly_snapshots,
+    new_seed_month_sensor,
+)
 from streamflow_assets.jobs import MONTHLY_PIPELINE, build_monthly_pipeline, retraining
+from streamflow_assets.model_monitoring.assets import monitoring_assets, retraining_sensor
+from streamflow_assets.promotion.assets import production_model
 from streamflow_assets.resources import build_resources
+from streamflow_assets.training.assets import candidate_scores_online_features, churn_model
 
 
 def build_definitions(settings: Settings) -> Definitions:

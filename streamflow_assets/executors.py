@@ -7,8 +7,8 @@ from dagster import multiple_process_executor_requirements as out_of_process
 from dagster_celery import celery_executor
 from dagster_celery.executor import CELERY_CONFIG
 
-from streamflow_assets.core.celery import check_broker, executor_config
-from streamflow_assets.core.settings import Settings
+from streamflow.settings import Settings
+from streamflow_assets.cluster import check_broker, executor_config
 
 CELERY = "celery"
 

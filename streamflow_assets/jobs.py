@@ -3,7 +3,7 @@ and the retraining job the retraining sensor launches."""
 
 from dagster import AssetSelection, define_asset_job
 
-from streamflow_assets.core.settings import RetrainPolicy
+from streamflow.settings import RetrainPolicy
 
 MONTHLY_PIPELINE = "monthly_pipeline"
 RETRAINING_JOB = "retraining"

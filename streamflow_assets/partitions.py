@@ -2,7 +2,7 @@
 
 from dagster import MonthlyPartitionsDefinition
 
-from streamflow_assets.core.months import FIRST_MONTH
+from streamflow.domain.months import FIRST_MONTH
 
 monthly_partitions = MonthlyPartitionsDefinition(
     start_date=FIRST_MONTH.strftime("%Y-%m"),

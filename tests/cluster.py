@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamflow_assets.cli import dagster_postgres_env, dagster_yaml
-from streamflow_assets.core.settings import Settings
+from streamflow.ops.cli import dagster_postgres_env, dagster_yaml
+from streamflow.settings import Settings
 from tests.serving.conftest import Child
 
 RABBITMQ = ("127.0.0.1", 5672)
@@ -130,8 +130,8 @@ def keeping_job():
     and returns its pid; rebuilt by the worker from this module (`reconstructable`)."""
     from dagster import job, op
 
-    from streamflow_assets.core.celery import executor_config
-    from streamflow_assets.core.settings import get_settings
+    from streamflow.settings import get_settings
+    from streamflow_assets.cluster import executor_config
     from streamflow_assets.executors import checked_celery_executor
 
     @op

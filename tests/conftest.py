@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING
 import prometheus_client  # noqa: F401, I001
 import pytest
 
-from streamflow_assets.core.settings import Settings, get_settings
+from streamflow.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
 
-    from streamflow_assets.pipeline import MonthOutcome
+    from streamflow.ops.pipeline import MonthOutcome
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REAL_SEEDS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "seeds").resolve()
@@ -86,8 +86,8 @@ def materialize(
     monthly job is narrowed to that asset group (and the checks of its assets), so a test of
     ingestion does not also train a model; the assets, checks and resources are the same.
     """
+    from streamflow.ops.pipeline import run_months
     from streamflow_assets.definitions import build_definitions
-    from streamflow_assets.pipeline import run_months
 
     def run(
         settings: Settings, months: Sequence[str], group: str | None = None

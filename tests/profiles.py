@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from streamflow_assets.core.settings import Settings, get_settings
+from streamflow.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
@@ -140,8 +140,8 @@ def built_pipeline(
     """Both real months through the monthly pipeline (or just `assets`) under one profile."""
     from dagster import instance_for_test
 
+    from streamflow.ops.pipeline import run_months
     from streamflow_assets.definitions import build_definitions
-    from streamflow_assets.pipeline import run_months
 
     with (
         profile(name, data_dir, seeds, env_vars) as settings,

@@ -7,7 +7,7 @@ import pytest
 from dagster import OpExecutionContext, job, op
 from mlflow.tracking import MlflowClient
 
-from streamflow_assets.core.registry import EXPERIMENT
+from streamflow.adapters.registry import EXPERIMENT
 from streamflow_assets.resources.mlflow import MlflowTracking, end_mlflow_run_on_failure
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_context
 
-from streamflow_assets.assets.ingestion import new_seed_month_sensor
-from streamflow_assets.assets.registry import PROMOTION_POOL
-from streamflow_assets.core.seeds import TABLES
+from streamflow.domain.seeds import TABLES
+from streamflow.ops.pipeline import process_tags, release_dead_runs, run_month
 from streamflow_assets.definitions import build_definitions
-from streamflow_assets.pipeline import process_tags, release_dead_runs, run_month
+from streamflow_assets.ingestion.assets import new_seed_month_sensor
+from streamflow_assets.promotion.assets import PROMOTION_POOL
 from streamflow_assets.resources import SeedsResource
 
 

@@ -15,13 +15,13 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from mlflow.tracking import MlflowClient
 
-from streamflow_assets.assets.registry import PROMOTION_POOL
-from streamflow_assets.core import months
-from streamflow_assets.core.features import FEATURE_VIEWS
-from streamflow_assets.core.registry import ABANDONED, CHAMPION_ALIAS, MODEL_NAME, Registry
-from streamflow_assets.core.seeds import TABLES
-from streamflow_assets.core.snapshots import ParquetSnapshotStore
-from streamflow_assets.pipeline import PID_TAG, in_progress_runs
+from streamflow.adapters.registry import ABANDONED, CHAMPION_ALIAS, MODEL_NAME, Registry
+from streamflow.adapters.snapshots import ParquetSnapshotStore
+from streamflow.domain import months
+from streamflow.domain.features import FEATURE_VIEWS
+from streamflow.domain.seeds import TABLES
+from streamflow.ops.pipeline import PID_TAG, in_progress_runs
+from streamflow_assets.promotion.assets import PROMOTION_POOL
 from tests.faults import Pipeline, start_pipeline, wait_until
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]

@@ -19,11 +19,11 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 from psycopg import sql
 
-from streamflow_assets.cli import dagster_postgres_env
-from streamflow_assets.core import months
-from streamflow_assets.core.features import FEATURE_VIEWS
-from streamflow_assets.core.seeds import TABLES
-from streamflow_assets.core.settings import Settings
+from streamflow.domain import months
+from streamflow.domain.features import FEATURE_VIEWS
+from streamflow.domain.seeds import TABLES
+from streamflow.ops.cli import dagster_postgres_env
+from streamflow.settings import Settings
 from tests.faults import Pipeline, start_pipeline, wait_until
 from tests.profiles import POSTGRES, throwaway_databases
 from tests.tcp_proxy import tcp_proxy

@@ -36,7 +36,7 @@ from serving.schemas import (
     PredictResponse,
 )
 from serving.state import ServingState
-from streamflow_assets.core.features import model_inputs, model_row
+from streamflow.domain.features import model_inputs, model_row
 
 # A body of one user id is under 100 bytes; anything larger, or over `max_body_bytes`, takes
 # FastAPI's own path (and its body-size handling).

@@ -5,18 +5,18 @@ from typing import Any
 
 from dagster import ConfigurableResource, EnvVar
 
-from streamflow_assets.core.settings import Settings
-from streamflow_assets.resources.features import FeatureStoreResource
-from streamflow_assets.resources.limits import LimitsResource
-from streamflow_assets.resources.mlflow import MlflowTracking, ModelRegistryResource
-from streamflow_assets.resources.monitoring import (
+from streamflow.settings import Settings
+from streamflow_assets.freshness.resource import FreshnessResource
+from streamflow_assets.model_monitoring.resource import DriftResource
+from streamflow_assets.resources.alerts import (
     AlertSinkResource,
-    DriftResource,
-    FreshnessResource,
     JsonlAlertSink,
     LogAlertSink,
     WebhookAlertSink,
 )
+from streamflow_assets.resources.features import FeatureStoreResource
+from streamflow_assets.resources.limits import LimitsResource
+from streamflow_assets.resources.mlflow import MlflowTracking, ModelRegistryResource
 from streamflow_assets.resources.seeds import SeedsResource
 from streamflow_assets.resources.storage import (
     ParquetSnapshots,

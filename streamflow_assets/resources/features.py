@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource
 
-from streamflow_assets.core.settings import get_settings
+from streamflow.settings import get_settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -21,7 +21,7 @@ class FeatureStoreResource(ConfigurableResource):
     def open(self) -> FeatureStore:
         # Feast is imported by the step that opens the store: the code location's processes,
         # which only serve its definitions, never need it.
-        from streamflow_assets.core.feature_store import open_store
+        from streamflow.adapters.feature_store import open_store
 
         settings = get_settings().model_copy(update={"feature_repo": Path(self.feature_repo)})
         return open_store(settings)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from dagster import ConfigurableResource, HookContext, InitResourceContext, failure_hook
 
-from streamflow_assets.core.registry import EXPERIMENT, MODEL_NAME, Registry, ensure_experiment
+from streamflow.adapters.registry import EXPERIMENT, MODEL_NAME, Registry, ensure_experiment
 
 if TYPE_CHECKING:
     from dagster_mlflow.resources import MlFlow

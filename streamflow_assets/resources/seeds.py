@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 from dagster import ConfigurableResource
 
-from streamflow_assets.core import months, seeds
+from streamflow.domain import months, seeds
 
 
 class SeedsUnreadable(FileNotFoundError):
@@ -36,7 +36,7 @@ class SeedsResource(ConfigurableResource):
         self, partition_key: str, rows: int
     ) -> Iterator[tuple[str, Iterator[pd.DataFrame]]]:
         """The month's validated tables one at a time, each in chunks of at most `rows`
-        (`core.seeds.iter_month`)."""
+        (`domain.seeds.iter_month`)."""
         self._check_readable(self.folder(partition_key))
         return seeds.iter_month(self.folder(partition_key), rows)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 from dagster import ConfigurableResource
 from psycopg import conninfo
 
-from streamflow_assets.core.snapshots import (
+from streamflow.adapters.snapshots import (
     ParquetSnapshotStore,
     PostgresSnapshotStore,
     SnapshotStore,

@@ -21,11 +21,11 @@ import redis
 from mlflow.tracking import MlflowClient
 
 from serving.features import OnlineFeatureReader
-from streamflow_assets.core import months
-from streamflow_assets.core.feature_store import materialize_month, open_store
-from streamflow_assets.core.features import FEATURE_NAMES, FEATURE_SERVICE, FEATURE_VIEWS, JOIN_KEY
-from streamflow_assets.core.registry import CHAMPION_ALIAS, MODEL_NAME
-from streamflow_assets.core.settings import Settings
+from streamflow.adapters.feature_store import materialize_month, open_store
+from streamflow.adapters.registry import CHAMPION_ALIAS, MODEL_NAME
+from streamflow.domain import months
+from streamflow.domain.features import FEATURE_NAMES, FEATURE_SERVICE, FEATURE_VIEWS, JOIN_KEY
+from streamflow.settings import Settings
 from tests.cluster import REDIS, celery_workers, group_pids, require_servers
 from tests.conftest import child_env
 from tests.profiles import free_port, profile
@@ -82,8 +82,8 @@ def cluster(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     require_servers()
     from dagster import DagsterInstance, RunsFilter
 
+    from streamflow.ops.pipeline import run_months
     from streamflow_assets.definitions import build_definitions
-    from streamflow_assets.pipeline import run_months
 
     data_dir = tmp_path_factory.mktemp("cluster")
     with profile("cluster", data_dir, real_seeds) as settings:
@@ -323,8 +323,8 @@ def test_a_run_launched_with_the_broker_down_fails_at_once_naming_it(cluster: Cl
 def test_a_worker_killed_mid_step_fails_the_run_and_the_rerun_rewrites_the_month(
     cluster: Cluster,
 ) -> None:
+    from streamflow.ops.pipeline import run_month
     from streamflow_assets.definitions import build_definitions
-    from streamflow_assets.pipeline import run_month
 
     defs = build_definitions(cluster.settings)
     instance = cluster.instance

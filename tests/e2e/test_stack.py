@@ -19,8 +19,8 @@ import httpx
 import psutil
 import pytest
 
-from streamflow_assets.core.settings import Settings
-from streamflow_assets.stack import CODE_SERVER, Supervisor, create_databases, drop_databases
+from streamflow.ops.stack import CODE_SERVER, Supervisor, create_databases, drop_databases
+from streamflow.settings import Settings
 from tests.conftest import child_env
 from tests.e2e.browser import CHROMIUM, chromium
 from tests.profiles import free_port
@@ -90,7 +90,7 @@ query Failures($id: ID!) {
 
 @dataclass(frozen=True)
 class NativeStack:
-    """The processes `python -m streamflow_assets.stack up` started for this module."""
+    """The processes `python -m streamflow.ops.stack up` started for this module."""
 
     env: dict[str, str]
     data_dir: Path
@@ -100,7 +100,7 @@ class NativeStack:
     def stack(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         """`make stack` / `make stack-down` as a user runs them, in this module's environment."""
         return subprocess.run(
-            [str(PYTHON), "-m", "streamflow_assets.stack", *args],
+            [str(PYTHON), "-m", "streamflow.ops.stack", *args],
             cwd=REPO_ROOT,
             env=self.env,
             capture_output=True,

@@ -25,12 +25,12 @@ from dagster import (
     materialize,
 )
 
-from streamflow_assets.assets.features import feature_registry, online_features
-from streamflow_assets.assets.ingestion import monthly_snapshots
-from streamflow_assets.assets.monitoring import freshness_alert_sensor, online_store_freshness
-from streamflow_assets.core.alerts import read_jsonl
-from streamflow_assets.core.settings import Settings, get_settings
+from streamflow.adapters.alerts import read_jsonl
+from streamflow.settings import Settings, get_settings
 from streamflow_assets.definitions import build_definitions
+from streamflow_assets.features.assets import feature_registry, online_features
+from streamflow_assets.freshness.checks import freshness_alert_sensor, online_store_freshness
+from streamflow_assets.ingestion.assets import monthly_snapshots
 from streamflow_assets.resources import build_resources
 
 # "Materializing only its snapshots": the ingestion multi-asset alone, as the issue describes.

@@ -14,12 +14,12 @@ from dagster import (
     build_schedule_context,
 )
 
-from streamflow_assets.assets.monitoring import ONLINE_FRESHNESS_KEY
-from streamflow_assets.core import months
-from streamflow_assets.core.features import JOIN_KEY
-from streamflow_assets.core.freshness import sample_users
-from streamflow_assets.core.snapshots import ParquetSnapshotStore
+from streamflow.adapters.snapshots import ParquetSnapshotStore
+from streamflow.domain import months
+from streamflow.domain.features import JOIN_KEY
+from streamflow.domain.freshness import sample_users
 from streamflow_assets.definitions import build_definitions
+from streamflow_assets.freshness.checks import ONLINE_FRESHNESS_KEY
 from tests.monitoring.conftest import (
     ONLINE_MONTH,
     SNAPSHOTS_ONLY,

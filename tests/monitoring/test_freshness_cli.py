@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamflow_assets.cli import main
+from streamflow.ops.cli import main
 from tests.conftest import child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ import pytest
 from dagster import AssetKey, DefaultSensorStatus
 
 from streamflow_assets.definitions import build_definitions
-from streamflow_assets.freshness import MONTH_WINDOW, monthly_freshness_policy
+from streamflow_assets.freshness.policy import MONTH_WINDOW, monthly_freshness_policy
 
 
 def test_online_features_carries_the_monthly_cron_policy(settings_for, tmp_path) -> None:

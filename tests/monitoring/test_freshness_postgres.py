@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from dagster import AssetCheckSeverity, instance_for_test
 
-from streamflow_assets.core.alerts import read_jsonl
-from streamflow_assets.core.settings import Settings, get_settings
+from streamflow.adapters.alerts import read_jsonl
+from streamflow.settings import Settings, get_settings
 from tests.monitoring.conftest import (
     ONLINE_MONTH,
     SNAPSHOTS_ONLY,

@@ -21,11 +21,11 @@ from dagster import DagsterInstance, SensorResult, build_sensor_context, instanc
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
-from streamflow_assets.cli import main, monitor_report
-from streamflow_assets.core import months
-from streamflow_assets.core.alerts import read_jsonl
-from streamflow_assets.core.registry import CHAMPION_ALIAS, MODEL_NAME
-from streamflow_assets.core.settings import Settings, get_settings
+from streamflow.adapters.alerts import read_jsonl
+from streamflow.adapters.registry import CHAMPION_ALIAS, MODEL_NAME
+from streamflow.domain import months
+from streamflow.ops.cli import main, monitor_report
+from streamflow.settings import Settings, get_settings
 from streamflow_assets.jobs import RETRAIN_REASON_TAG
 from streamflow_assets.resources import build_resources
 from tests.profiles import profile
@@ -67,14 +67,14 @@ class Loop:
         return build_definitions(get_settings())
 
     def run(self, partition: str, assets: list[str] | None = None):
-        from streamflow_assets.pipeline import run_month
+        from streamflow.ops.pipeline import run_month
 
         outcome = run_month(self.defs(), self.instance, partition, assets)
         assert outcome.success, outcome.error
         return outcome
 
     def tick(self, cursor: str | None) -> SensorResult:
-        from streamflow_assets.assets.model_monitoring import retraining_sensor
+        from streamflow_assets.model_monitoring.assets import retraining_sensor
 
         # What the sensor takes (the mlflow resource opens a run, which a sensor has none of).
         resources = {k: v for k, v in build_resources(get_settings()).items() if k in SENSOR_NEEDS}

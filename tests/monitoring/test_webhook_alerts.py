@@ -7,9 +7,9 @@ import time
 import pytest
 from dagster import DagsterInstance
 
-from streamflow_assets.core.alerts import Alert, post_json
+from streamflow.adapters.alerts import Alert, post_json
 from streamflow_assets.resources import build_resources
-from streamflow_assets.resources.monitoring import JsonlAlertSink, LogAlertSink, WebhookAlertSink
+from streamflow_assets.resources.alerts import JsonlAlertSink, LogAlertSink, WebhookAlertSink
 from tests.monitoring.conftest import Receiver, Sensor, free_port, run_freshness_checks
 
 ALERT = Alert(

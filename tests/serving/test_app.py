@@ -16,8 +16,8 @@ from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
 from serving.app import create_app
-from streamflow_assets.core.features import FEATURE_NAMES, FEATURES
-from streamflow_assets.core.registry import CHAMPION_ALIAS, MODEL_NAME
+from streamflow.adapters.registry import CHAMPION_ALIAS, MODEL_NAME
+from streamflow.domain.features import FEATURE_NAMES, FEATURES
 from tests.serving.conftest import KNOWN_USER, LATEST_AS_OF, latest_csv_row, serving_settings
 
 pytestmark = pytest.mark.slow

@@ -18,9 +18,11 @@ from feast import FeatureStore
 
 from serving.app import create_app
 from serving.features import OnlineFeatureReader, OnlineFeatures
-from streamflow_assets.core import months
-from streamflow_assets.core.feature_store import open_store, read_online
-from streamflow_assets.core.features import (
+from streamflow.adapters.feature_store import open_store, read_online
+from streamflow.adapters.registry import MODEL_NAME
+from streamflow.adapters.snapshots import ParquetSnapshotStore
+from streamflow.domain import months
+from streamflow.domain.features import (
     FEATURE_NAMES,
     FEATURE_SERVICE,
     FEATURES,
@@ -28,9 +30,7 @@ from streamflow_assets.core.features import (
     model_inputs,
     to_model_frame,
 )
-from streamflow_assets.core.registry import MODEL_NAME
-from streamflow_assets.core.seeds import TABLES
-from streamflow_assets.core.snapshots import ParquetSnapshotStore
+from streamflow.domain.seeds import TABLES
 from tests.profiles import PROFILES, built_pipeline
 from tests.serving.conftest import serving_settings
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from streamflow_assets.core.registry import CHAMPION_ALIAS, MODEL_NAME
+from streamflow.adapters.registry import CHAMPION_ALIAS, MODEL_NAME
 from tests.profiles import POSTGRES, throwaway_databases
 from tests.serving.conftest import (
     KNOWN_USER,

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 
 from serving.app import create_app
-from streamflow_assets.core.registry import CHAMPION_ALIAS, MODEL_NAME
+from streamflow.adapters.registry import CHAMPION_ALIAS, MODEL_NAME
 from tests.serving.conftest import KNOWN_USER, serving_settings
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
-from streamflow_assets.core.features import FEATURE_NAMES
-from streamflow_assets.core.registry import CHAMPION_ALIAS, MODEL_NAME
+from streamflow.adapters.registry import CHAMPION_ALIAS, MODEL_NAME
+from streamflow.domain.features import FEATURE_NAMES
 from tests.serving.conftest import (
     KNOWN_USER,
     LATEST_AS_OF,

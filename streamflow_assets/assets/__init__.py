@@ -1,9 +1,0 @@
-"""Dagster assets by domain: ingestion, features, training, registry, monitoring."""
-
-import warnings
-
-from dagster import PreviewWarning
-
-# Partitioned asset checks are "preview" in Dagster 1.13, yet they are what makes a check result
-# belong to the month it checked; the API is used as documented, so silence the per-import notice.
-warnings.filterwarnings("ignore", category=PreviewWarning)

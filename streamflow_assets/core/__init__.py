@@ -1,1 +1,0 @@
-"""Pure logic: no Dagster imports, so serving and plain pytest can use it."""

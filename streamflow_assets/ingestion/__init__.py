@@ -1,0 +1,1 @@
+"""Ingestion: the month's seeds as snapshot tables, with their contract checks."""

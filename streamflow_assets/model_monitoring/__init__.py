@@ -1,0 +1,1 @@
+"""Model monitoring: batch scores, feature drift and model decay, and their alerts."""

@@ -1,0 +1,1 @@
+"""Promotion: the registry's champion, chosen by the promotion rule."""

@@ -1,0 +1,1 @@
+"""Training: the month's churn model, logged to MLflow and registered."""

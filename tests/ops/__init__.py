@@ -1,0 +1,1 @@
+"""Tests of the ops tooling: the CLI, the native stack, the generator."""

@@ -1,0 +1,137 @@
+"""The `streamflow pipeline` command, run as a real process against the real seeds.
+
+Every month runs the whole monthly job (features, training, promotion), hence `slow`.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus
+
+from streamflow.adapters.snapshots import ParquetSnapshotStore
+from streamflow.domain import months
+from streamflow.domain.seeds import TABLES
+from tests.conftest import child_env
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STREAMFLOW = REPO_ROOT / ".venv" / "bin" / "streamflow"
+SUMMARY = re.compile(r"^(\d{4}-\d{2})\s+(ok|FAILED)\s.*\brun ([0-9a-f]{8})$")
+
+
+def streamflow(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI with STREAMFLOW_DATA_DIR set and no DAGSTER_HOME, beside the data dir."""
+    env = child_env(STREAMFLOW_DATA_DIR=str(data_dir))
+    return subprocess.run(
+        [str(STREAMFLOW), *args],
+        cwd=data_dir.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def recorded_runs(data_dir: Path) -> list:
+    with DagsterInstance.from_config(str(data_dir / "dagster")) as instance:
+        return list(instance.get_runs())
+
+
+def summaries(stdout: str) -> list[re.Match[str]]:
+    return [match for line in stdout.splitlines() if (match := SUMMARY.match(line.strip()))]
+
+
+@pytest.fixture(scope="module")
+def both_months(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory):
+    data_dir = tmp_path_factory.mktemp("cli") / "data"
+    result = streamflow(
+        "pipeline",
+        "--seeds",
+        str(real_seeds),
+        "--partitions",
+        "2024-01..2024-02",
+        data_dir=data_dir,
+    )
+    return data_dir, result
+
+
+@pytest.mark.slow
+def test_pipeline_runs_both_months_and_prints_one_line_each(both_months) -> None:
+    _, result = both_months
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = summaries(result.stdout)
+    assert [(m[1], m[2]) for m in lines] == [("2024-01", "ok"), ("2024-02", "ok")], result.stdout
+
+
+@pytest.mark.slow
+def test_pipeline_records_its_runs_in_the_data_dirs_instance(both_months) -> None:
+    data_dir, result = both_months
+    assert (data_dir / "dagster" / "dagster.yaml").is_file()
+    runs = recorded_runs(data_dir)
+    assert sorted(run.tags["dagster/partition"] for run in runs) == ["2024-01", "2024-02"]
+    assert all(run.status == DagsterRunStatus.SUCCESS for run in runs)
+    printed = {m[3] for m in summaries(result.stdout)}
+    assert printed == {run.run_id[:8] for run in runs}
+
+
+@pytest.mark.slow
+def test_pipeline_stores_both_months_under_the_data_dir(both_months) -> None:
+    data_dir, _ = both_months
+    store = ParquetSnapshotStore(data_dir / "snapshots")
+    for table in TABLES:
+        assert store.as_ofs(table.snapshot) == [months.as_of("2024-01"), months.as_of("2024-02")]
+        assert store.row_count(table.snapshot, months.as_of("2024-02")) == 7043
+
+
+@pytest.fixture(scope="module")
+def second_dir(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Another data dir, asked for March, which is not seeded (so this run is quick)."""
+    data_dir = tmp_path_factory.mktemp("cli") / "data"
+    result = streamflow(
+        "pipeline", "--seeds", str(real_seeds), "--partitions", "2024-03", data_dir=data_dir
+    )
+    return data_dir, result
+
+
+def test_a_missing_month_fails_naming_the_folder(second_dir, real_seeds: Path) -> None:
+    data_dir, result = second_dir
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert str(real_seeds / "month_002") in result.stderr
+    assert [(m[1], m[2]) for m in summaries(result.stdout)] == [("2024-03", "FAILED")]
+    (run,) = recorded_runs(data_dir)
+    assert run.tags["dagster/partition"] == "2024-03"
+    assert run.status == DagsterRunStatus.FAILURE
+
+
+@pytest.mark.slow
+def test_two_data_dirs_do_not_share_state(both_months, second_dir) -> None:
+    first, _ = both_months
+    second, _ = second_dir
+    first_runs = {run.run_id: run.tags["dagster/partition"] for run in recorded_runs(first)}
+    second_runs = {run.run_id: run.tags["dagster/partition"] for run in recorded_runs(second)}
+    assert sorted(first_runs.values()) == ["2024-01", "2024-02"]
+    assert list(second_runs.values()) == ["2024-03"]
+    assert not first_runs.keys() & second_runs.keys()
+    for data_dir, stored in ((first, ["2024-01", "2024-02"]), (second, [])):
+        store = ParquetSnapshotStore(data_dir / "snapshots")
+        for table in TABLES:
+            assert store.as_ofs(table.snapshot) == [months.as_of(key) for key in stored]
+
+
+def test_an_empty_seeds_dir_exits_2_naming_it(tmp_path: Path) -> None:
+    seeds = tmp_path / "empty_seeds"
+    seeds.mkdir()
+    result = streamflow("pipeline", "--seeds", str(seeds), data_dir=tmp_path / "data")
+    assert result.returncode == 2
+    assert str(seeds) in result.stderr
+
+
+@pytest.mark.parametrize("text", ["2024-03..2024-01", "last-month"], ids=["reversed", "words"])
+def test_a_bad_partition_range_exits_2_quoting_it(tmp_path: Path, text: str) -> None:
+    result = streamflow("pipeline", "--partitions", text, data_dir=tmp_path / "data")
+    assert result.returncode == 2
+    assert "streamflow pipeline:" in result.stderr
+    assert text.split("..")[0] in result.stderr
