@@ -169,8 +169,8 @@ The month's run took {month["seconds"]:.1f} s, of which the three monitoring ass
 (target ≤ 30 %: {verdict}).
 
 Not in those steps: Evidently's import, {evidently_cpu:.1f} s of CPU in a fresh process (the drift
-worker, `adapters/drift_worker.py`, started with the run, pays it on the other core while the month is
-ingested and trained).
+worker, `adapters/drift_worker.py`, started with the run, pays it on the other core while the
+month is ingested and trained).
 
 The month's other steps:
 

@@ -74,7 +74,7 @@ VIEWS = {
 
 
 def load_module(source: str) -> ModuleType:
-    """`adapters/online_store.py` of this tree ("current") or of a commit, as a module of its own."""
+    """`online_store.py` of this tree ("current") or of a commit, as a module of its own."""
     if source == "current":
         path = REPO / MODULE
     else:

@@ -48,8 +48,8 @@ from serve import (
     wait_until,
 )
 
-from serving.settings import ServingSettings
 from streamflow.domain.features import FEATURE_NAMES, FEATURE_SERVICE, model_inputs
+from streamflow.settings import ServingSettings
 
 OURS = "streamflow serve /predict"
 ASSEMBLED = "feast serve + mlflow models serve"

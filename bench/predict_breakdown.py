@@ -86,7 +86,7 @@ def asgi_call(app, method: str, path: str, bodies: itertools.cycle) -> Callable[
 
 async def measure_app(users: list[str]) -> dict[str, float]:
     from serving.app import create_app
-    from serving.settings import ServingSettings
+    from streamflow.settings import ServingSettings
 
     app = create_app(ServingSettings(reload_interval_seconds=0))
     bodies = itertools.cycle([json.dumps({"user_id": u}).encode() for u in users])
@@ -101,9 +101,9 @@ async def measure_app(users: list[str]) -> dict[str, float]:
 def measure_parts(users: list[str]) -> dict[str, float]:
     from serving.metrics import ServingMetrics
     from serving.routes.predict import _score
-    from serving.settings import ServingSettings
     from serving.state import ServingState
     from streamflow.domain.features import model_row
+    from streamflow.settings import ServingSettings
 
     state = ServingState.create(ServingSettings(reload_interval_seconds=0), ServingMetrics())
     state.refresh()

@@ -16,9 +16,9 @@ import uvicorn
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel
 
-from serving.settings import get_serving_settings
 from streamflow.adapters.feature_store import open_store
 from streamflow.domain.features import FEATURE_NAMES, FEATURE_REFS, to_model_frame
+from streamflow.settings import get_serving_settings
 
 state: dict[str, object] = {}
 

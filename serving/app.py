@@ -14,12 +14,12 @@ from fastapi import FastAPI
 from starlette.types import Receive, Scope, Send
 from uvicorn.config import LOGGING_CONFIG
 
+from serving.body_limit import BodyLimitMiddleware
 from serving.errors import add_error_handlers
-from serving.limits import BodyLimitMiddleware
 from serving.metrics import MetricsMiddleware, ServingMetrics
 from serving.routes import features, health, metrics, model, predict
-from serving.settings import ServingSettings, get_serving_settings
 from serving.state import ServingState
+from streamflow.settings import ServingSettings, get_serving_settings
 
 log = logging.getLogger(__name__)
 

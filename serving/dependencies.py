@@ -12,8 +12,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 
-from serving.features import OnlineFeatureReader
 from serving.model import LoadedModel
+from serving.online_features import OnlineFeatureReader
 from serving.state import ServingState
 
 

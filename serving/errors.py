@@ -11,8 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.features import OnlineStoreUnavailable
 from serving.model import describe
+from serving.online_features import OnlineStoreUnavailable
 from serving.schemas import ErrorResponse, StaleFeaturesResponse, UnknownUserResponse
 
 # The error answers of the routes, for OpenAPI; every one is JSON with a `detail`.

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 
-from serving.features import OnlineFeatureReader, OnlineStoreUnavailable
 from serving.metrics import ServingMetrics
 from serving.model import ModelManager, ModelUri, describe
-from serving.settings import ServingSettings
+from serving.online_features import OnlineFeatureReader, OnlineStoreUnavailable
 from streamflow.adapters.feature_store import open_store
+from streamflow.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 

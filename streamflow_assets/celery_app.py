@@ -1,10 +1,10 @@
 """The cluster profile's celery app: `celery -A streamflow_assets.celery_app worker`.
 
 dagster-celery's tasks on an app configured from the settings as the runs' executor is
-(`streamflow_assets.cluster.executor_config`), the way dagster-celery documents a customized app (a module
-that makes the app and its tasks, run by celery's own command). A worker is then celery's main
-process and its pool, without `dagster-celery worker start`, which writes the same config to a
-module of its own and then waits on celery as one more idle process (116 MB measured).
+(`streamflow_assets.cluster.executor_config`), the way dagster-celery documents a customized app
+(a module that makes the app and its tasks, run by celery's own command). A worker is then
+celery's main process and its pool, without `dagster-celery worker start`, which writes the same
+config to a module of its own and then waits on celery as one more idle process (116 MB measured).
 """
 
 from celery import Celery

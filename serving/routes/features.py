@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path
 
 from serving.dependencies import Features, State
 from serving.errors import NOT_READY, UNKNOWN_USER, unknown_user
-from serving.features import is_stale
+from serving.online_features import is_stale
 from serving.schemas import USER_ID_PATTERN, FeaturesResponse
 
 router = APIRouter(tags=["features"])

@@ -21,13 +21,13 @@ from serving.errors import (
     stale_features,
     unknown_user,
 )
-from serving.features import (
+from serving.model import DECISION_THRESHOLD, LoadedModel
+from serving.online_features import (
     OnlineFeatureReader,
     OnlineFeatures,
     OnlineStoreUnavailable,
     is_stale,
 )
-from serving.model import DECISION_THRESHOLD, LoadedModel
 from serving.schemas import (
     BatchPredictRequest,
     BatchPredictResponse,

@@ -11,6 +11,9 @@ from typing import TYPE_CHECKING
 
 from streamflow.adapters.onnx_model import ONNX_FILE, CompiledModel
 from streamflow.domain import months
+from streamflow.domain.promotion import CHAMPION_ALIAS, CHAMPION_URI, MODEL_NAME
+
+__all__ = ["CHAMPION_ALIAS", "CHAMPION_URI", "MODEL_NAME", "Registry"]
 
 # MLflow is imported by the calls that reach the registry: the code location imports this
 # module for its names, and importing MLflow there would hold it in every idle Dagster process.
@@ -18,13 +21,9 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
-MODEL_NAME = "streamflow_churn"
 EXPERIMENT = "streamflow"
 # The promotion_decision of a version whose Dagster run died before promotion decided on it.
 ABANDONED = "abandoned"
-# The one truth for what serves: MLflow 3 deprecated stages, so promotion moves this alias only.
-CHAMPION_ALIAS = "champion"
-CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:

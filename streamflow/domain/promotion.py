@@ -6,6 +6,12 @@ import math
 from dataclasses import dataclass
 from datetime import date
 
+# The registered model every month's candidate becomes a version of.
+MODEL_NAME = "streamflow_churn"
+# The one truth for what serves: MLflow 3 deprecated stages, so promotion moves this alias only.
+CHAMPION_ALIAS = "champion"
+CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
+
 
 @dataclass(frozen=True)
 class Contender:

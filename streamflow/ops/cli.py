@@ -234,7 +234,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from serving.app import create_app, log_config
-    from serving.settings import get_serving_settings
+    from streamflow.settings import get_serving_settings
 
     settings = get_serving_settings()
     uvicorn.run(

@@ -14,7 +14,7 @@ from streamflow_assets.resources.alerts import (
     LogAlertSink,
     WebhookAlertSink,
 )
-from streamflow_assets.resources.features import FeatureStoreResource
+from streamflow_assets.resources.feature_store import FeatureStoreResource
 from streamflow_assets.resources.limits import LimitsResource
 from streamflow_assets.resources.mlflow import MlflowTracking, ModelRegistryResource
 from streamflow_assets.resources.seeds import SeedsResource

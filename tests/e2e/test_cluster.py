@@ -20,7 +20,7 @@ import pytest
 import redis
 from mlflow.tracking import MlflowClient
 
-from serving.features import OnlineFeatureReader
+from serving.online_features import OnlineFeatureReader
 from streamflow.adapters.feature_store import materialize_month, open_store
 from streamflow.adapters.registry import CHAMPION_ALIAS, MODEL_NAME
 from streamflow.domain import months

@@ -223,7 +223,7 @@ def test_the_verdict_holds_whether_or_not_the_month_promoted(loop: Loop) -> None
 
 def test_batch_scores_match_predict_for_200_users(loop: Loop) -> None:
     from serving.app import create_app
-    from serving.settings import ServingSettings
+    from streamflow.settings import ServingSettings
 
     loop.run(SHIFTED_MONTH, ["batch_scores"])
     store = build_resources(get_settings())["snapshots"].store()

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.settings import ServingSettings
+from streamflow.settings import ServingSettings
 from tests.conftest import child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

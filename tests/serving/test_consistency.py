@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from feast import FeatureStore
 
 from serving.app import create_app
-from serving.features import OnlineFeatureReader, OnlineFeatures
+from serving.online_features import OnlineFeatureReader, OnlineFeatures
 from streamflow.adapters.feature_store import open_store, read_online
 from streamflow.adapters.registry import MODEL_NAME
 from streamflow.adapters.snapshots import ParquetSnapshotStore

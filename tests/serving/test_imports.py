@@ -9,7 +9,7 @@ from tests.serving.conftest import REPO_ROOT, STREAMFLOW, clean_env
 
 CHECK = """
 import sys
-import serving.app, serving.settings, streamflow.ops.cli
+import serving.app, streamflow.settings, streamflow.ops.cli
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"dagster", "sklearn", "skl2onnx", "skops"})
 assert not heavy, f"serving imported {heavy}"
 """

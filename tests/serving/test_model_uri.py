@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from serving.model import ModelUri
-from serving.settings import ServingSettings
+from streamflow.settings import ServingSettings
 
 
 @pytest.mark.parametrize(
