@@ -48,7 +48,6 @@ from streamflow.domain.model_monitoring import (
     score_summary,
     typed_chunks,
 )
-from streamflow.settings import get_settings
 from streamflow_assets.features.assets import LABELS_TABLE
 from streamflow_assets.jobs import RETRAIN_REASON_TAG, RETRAINING_JOB
 from streamflow_assets.partitions import monthly_partitions
@@ -59,6 +58,7 @@ from streamflow_assets.resources import (
     FreshnessResource,
     LimitsResource,
     ModelRegistryResource,
+    PolicyResource,
     SnapshotsResource,
 )
 
@@ -203,10 +203,11 @@ def feature_drift(
     model_registry: ModelRegistryResource,
     drift: DriftResource,
     limits: LimitsResource,
+    policy: PolicyResource,
 ) -> MaterializeResult:
     """The month's 14 features and the incumbent's scores against its training month (Evidently)."""
     key = context.partition_key
-    threshold = get_settings().drift_share
+    threshold = policy.drift_share
     registry = model_registry.registry()
     incumbent, reference_partition = _reference(registry, key)
     store = snapshots.store()
@@ -382,9 +383,10 @@ def _as_float(value: object) -> float | None:
     return None if value is None else float(value)
 
 
-def month_evidence(context: SensorEvaluationContext, partition: str) -> list[str]:
+def month_evidence(
+    context: SensorEvaluationContext, partition: str, policy: PolicyResource
+) -> list[str]:
     """The retraining reasons a month's latest drift and performance results show."""
-    settings = get_settings()
     drift = _values(_latest(context, feature_drift.key, partition))
     decay = _values(_latest(context, model_performance.key, partition))
     statuses = {drift.get("status"), decay.get("status")}
@@ -404,10 +406,10 @@ def month_evidence(context: SensorEvaluationContext, partition: str) -> list[str
             drift_share=_as_float(drift.get("drift_share"))
             if drift.get("status") == "measured"
             else None,
-            drift_share_threshold=settings.drift_share,
+            drift_share_threshold=policy.drift_share,
             decay=_as_float(decay.get("decay")) if decay.get("status") == "measured" else None,
-            max_auc_drop=settings.decay_max_auc_drop,
-            max_age_months=settings.retrain_max_age_months,
+            max_auc_drop=policy.decay_max_auc_drop,
+            max_age_months=policy.retrain_max_age_months,
         )
     ]
 
@@ -427,9 +429,11 @@ def _newest_id(context: SensorEvaluationContext, asset_key: AssetKey, partition:
     "champion (STREAMFLOW_RETRAIN=on_trigger); alerts on the evidence under both policies.",
 )
 def retraining_sensor(
-    context: SensorEvaluationContext, alerts: AlertSinkResource, freshness: FreshnessResource
+    context: SensorEvaluationContext,
+    alerts: AlertSinkResource,
+    freshness: FreshnessResource,
+    policy: PolicyResource,
 ) -> SensorResult:
-    settings = get_settings()
     cursor = RetrainCursor.parse(context.cursor)
     new_events = [
         record
@@ -443,10 +447,12 @@ def retraining_sensor(
     requests: list[RunRequest] = []
     for partition in sorted({r.partition_key for r in new_events if r.partition_key}):
         already = cursor.fired.get(partition, [])
-        new = [reason for reason in month_evidence(context, partition) if reason not in already]
+        new = [
+            reason for reason in month_evidence(context, partition, policy) if reason not in already
+        ]
         if not new:
             continue
-        on_trigger = settings.retrain == "on_trigger"
+        on_trigger = policy.retrain == "on_trigger"
         if on_trigger:
             requests.append(
                 RunRequest(
@@ -460,7 +466,7 @@ def retraining_sensor(
             asset=feature_drift.key.to_user_string(),
             partition=partition,
             reasons=tuple(new),
-            policy=settings.retrain,
+            policy=policy.retrain,
             summary=(
                 "requested churn_model, production_model and batch_scores for the month"
                 if on_trigger
@@ -485,7 +491,7 @@ def retraining_sensor(
                 asset=production_model.key.to_user_string(),
                 partition=partition,
                 reasons=tuple(cursor.fired.get(partition, [])),
-                policy=settings.retrain,
+                policy=policy.retrain,
                 summary=f"candidate v{facts.get('candidate_version')} {facts.get('decision')}: "
                 f"{facts.get('reason')}",
                 link=freshness.asset_url(production_model.key.to_user_string()),

@@ -19,11 +19,15 @@ from streamflow.domain.training import (
     score_rows,
     split,
 )
-from streamflow.settings import get_settings
 from streamflow_assets.features.assets import TRAINING_TABLE
 from streamflow_assets.freshness.policy import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
-from streamflow_assets.resources import LimitsResource, ModelRegistryResource, SnapshotsResource
+from streamflow_assets.resources import (
+    LimitsResource,
+    ModelRegistryResource,
+    PolicyResource,
+    SnapshotsResource,
+)
 from streamflow_assets.training.assets import churn_model
 
 if TYPE_CHECKING:
@@ -74,10 +78,11 @@ def production_model(
     snapshots: SnapshotsResource,
     model_registry: ModelRegistryResource,
     limits: LimitsResource,
+    policy: PolicyResource,
 ) -> MaterializeResult:
     """Which `streamflow_churn` version serves: the month's candidate if it beats the champion."""
     key = context.partition_key
-    margin = config.margin if config.margin is not None else get_settings().promotion_margin
+    margin = config.margin if config.margin is not None else policy.promotion_margin
     registry = model_registry.registry()
     candidate = registry.latest_for_partition(key)
     if candidate is None:

@@ -17,6 +17,7 @@ from streamflow_assets.resources.alerts import (
 from streamflow_assets.resources.feature_store import FeatureStoreResource
 from streamflow_assets.resources.limits import LimitsResource
 from streamflow_assets.resources.mlflow import MlflowTracking, ModelRegistryResource
+from streamflow_assets.resources.policy import PolicyResource
 from streamflow_assets.resources.seeds import SeedsResource
 from streamflow_assets.resources.storage import (
     ParquetSnapshots,
@@ -32,6 +33,7 @@ __all__ = [
     "LimitsResource",
     "MlflowTracking",
     "ModelRegistryResource",
+    "PolicyResource",
     "SeedsResource",
     "SnapshotsResource",
     "build_resources",
@@ -84,6 +86,14 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         "alerts": _alert_sink(settings),
         "limits": LimitsResource(
             train_max_rows=settings.train_max_rows, chunk_rows=settings.chunk_rows
+        ),
+        "policy": PolicyResource(
+            promotion_margin=settings.promotion_margin,
+            promotion_auc_floor=settings.promotion_auc_floor,
+            drift_share=settings.drift_share,
+            decay_max_auc_drop=settings.decay_max_auc_drop,
+            retrain_max_age_months=settings.retrain_max_age_months,
+            retrain=settings.retrain,
         ),
     }
 

@@ -41,13 +41,13 @@ from streamflow.domain.training import (
     take,
     train,
 )
-from streamflow.settings import get_settings
 from streamflow_assets.features.assets import LABELS_TABLE, TRAINING_TABLE, training_dataset
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import (
     FeatureStoreResource,
     LimitsResource,
     ModelRegistryResource,
+    PolicyResource,
     SnapshotsResource,
 )
 from streamflow_assets.resources.mlflow import end_mlflow_run_on_failure
@@ -201,6 +201,7 @@ def candidate_scores_online_features(
     feature_store: FeatureStoreResource,
     model_registry: ModelRegistryResource,
     limits: LimitsResource,
+    policy: PolicyResource,
 ) -> AssetCheckResult:
     # Feast, MLflow and scikit-learn are imported by the check: the code location loads without.
     from mlflow import pyfunc
@@ -209,7 +210,7 @@ def candidate_scores_online_features(
     from streamflow.adapters.feature_store import read_online
 
     key = context.partition_key
-    floor = get_settings().promotion_auc_floor
+    floor = policy.promotion_auc_floor
     candidate = model_registry.registry().latest_for_partition(key)
     if candidate is None:
         return AssetCheckResult(passed=False, metadata={"reason": f"no version for {key}"})

@@ -35,7 +35,7 @@ pytestmark = pytest.mark.slow
 SHIFTED = {"avg_session_mins_7d": ("usage_agg_30d.csv", 15.0, 1.0),
            "ticket_avg_resolution_hrs_90d": ("support_agg_90d.csv", 0.0, 3.0)}  # fmt: skip
 COPIED_MONTH, SHIFTED_MONTH = "2024-03", "2024-04"
-SENSOR_NEEDS = ("alerts", "freshness")
+SENSOR_NEEDS = ("alerts", "freshness", "policy")
 
 
 def _write_month(source: Path, target: Path, shift: bool) -> None:
