@@ -15,7 +15,7 @@ from streamflow.domain.promotion import CHAMPION_URI
 Profile = Literal["local", "postgres", "cluster"]
 AlertSink = Literal["jsonl", "webhook", "log"]
 RetrainPolicy = Literal["monthly", "on_trigger"]
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Settings(BaseSettings):

@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from streamflow.domain import months
-from streamflow.settings import Settings, get_settings
+from streamflow.settings import REPO_ROOT, Settings, get_settings
 
 if TYPE_CHECKING:
     from streamflow.adapters.pipeline_lock import PipelineLock
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def dagster_yaml(profile: str) -> Path:

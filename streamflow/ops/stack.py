@@ -20,13 +20,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import xmlrpc.client
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from supervisor.xmlrpc import SupervisorTransport
 
 from streamflow.ops.cli import dagster_postgres_env, dagster_yaml
 from streamflow.settings import REPO_ROOT, Settings, get_settings
@@ -341,7 +344,8 @@ def prepare_dagster_home(stack: Stack) -> Path:
 
 class Supervisor:
     """supervisord over a state dir: one program per service, each in its own process group
-    (its workers are stopped with it), its output in `<name>.log`; `supervisorctl` drives it.
+    (its workers are stopped with it), its output in `<name>.log`; driven through supervisord's
+    XML-RPC interface on its unix socket.
 
     The process runner is supervisord's; only the readiness waits (an HTTP answer) are ours.
     """
@@ -358,12 +362,13 @@ class Supervisor:
     def write_config(self) -> None:
         state = self.state_dir
         sections = [
-            f"[unix_http_server]\nfile={state / 'supervisor.sock'}\nchmod=0700",
+            f"[unix_http_server]\nfile={self.socket}\nchmod=0700",
             f"[supervisord]\nlogfile={state / 'supervisord.log'}\n"
             f"pidfile={state / 'supervisord.pid'}\ndirectory={REPO_ROOT}",
             "[rpcinterface:supervisor]\n"
             "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
-            f"[supervisorctl]\nserverurl=unix://{state / 'supervisor.sock'}",
+            # For a user's own `supervisorctl -c <this file>` (README).
+            f"[supervisorctl]\nserverurl=unix://{self.socket}",
         ]
         for priority, service in enumerate(self.services, start=1):
             # Values are Python %-format strings to supervisord: a literal % is written %%.
@@ -373,8 +378,9 @@ class Supervisor:
             sections.append(
                 f"[program:{service.name}]\ncommand={command}\ndirectory={REPO_ROOT}\n"
                 # Started by `up` in order, never restarted behind its back: a service that
-                # exits is reported with its log, not hidden by a restart loop.
-                f"priority={priority}\nautostart=false\nautorestart=false\nstartsecs=0\n"
+                # exits is reported with its log, not hidden by a restart loop. One that exits
+                # within its first second fails its start (supervisord's startsecs).
+                f"priority={priority}\nautostart=false\nautorestart=false\nstartsecs=1\n"
                 f"stopasgroup=true\nkillasgroup=true\nstopwaitsecs={self.stop_timeout:.0f}\n"
                 f"stdout_logfile={self.log_file(service.name)}\nredirect_stderr=true"
             )
@@ -384,33 +390,47 @@ class Supervisor:
         self.config.chmod(0o600)
         self.config.write_text("\n\n".join(sections) + "\n")
 
-    def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [str(Path(sys.executable).with_name("supervisorctl")), "-c", str(self.config)]
-        return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
+    @property
+    def socket(self) -> Path:
+        return self.state_dir / "supervisor.sock"
+
+    def rpc(self) -> Any:
+        """supervisord's XML-RPC namespace (`supervisor.*`), as supervisorctl reaches it."""
+        transport = SupervisorTransport(None, None, serverurl=f"unix://{self.socket}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport).supervisor
 
     def running(self) -> dict[str, int]:
-        """The pids of the programs running now, by name; empty when supervisord is not running.
-
-        From `supervisorctl status` lines: `<name>  RUNNING  pid <pid>, uptime <time>`."""
-        if not self.config.exists():
+        """The pids of the programs running now, by name; empty when supervisord is not running."""
+        try:
+            processes = self.rpc().getAllProcessInfo()
+        except OSError:
             return {}
-        found = {}
-        for line in self.ctl("status").stdout.splitlines():
-            parts = line.split()
-            if len(parts) >= 4 and parts[1] == "RUNNING":
-                found[parts[0]] = int(parts[3].rstrip(","))
-        return found
+        return {p["name"]: p["pid"] for p in processes if p["statename"] == "RUNNING"}
 
     def daemon_pid(self) -> int | None:
-        answer = self.ctl("pid") if self.config.exists() else None
-        return int(answer.stdout) if answer and answer.stdout.strip().isdigit() else None
+        try:
+            return self.rpc().getPID()
+        except OSError:
+            return None
+
+    def update(self) -> None:
+        """Make a running supervisord take the programs of the rewritten config, as
+        `supervisorctl update` does: removed and changed programs stopped and dropped, new ones
+        added (not started)."""
+        rpc = self.rpc()
+        [[added, changed, removed]] = rpc.reloadConfig()
+        for name in [*removed, *changed]:
+            rpc.stopProcessGroup(name)
+            rpc.removeProcessGroup(name)
+        for name in [*changed, *added]:
+            rpc.addProcessGroup(name)
 
     def ensure_daemon(self, env: dict[str, str], timeout: float = 30.0) -> None:
         """Start supervisord (it detaches) with the services' environment, or make a running one
         read the current programs."""
         self.write_config()
         if self.daemon_pid() is not None:
-            self.ctl("update")
+            self.update()
             return
         supervisord = str(Path(sys.executable).with_name("supervisord"))
         subprocess.run([supervisord, "-c", str(self.config)], env=env, check=True)
@@ -424,12 +444,15 @@ class Supervisor:
             time.sleep(0.2)
 
     def start(self, service: Service) -> int:
-        answer = self.ctl("start", service.name)
+        answer = "started"
+        try:
+            self.rpc().startProcess(service.name, True)
+        except xmlrpc.client.Fault as fault:
+            answer = fault.faultString
         pid = self.running().get(service.name)
         if pid is None:
             raise RuntimeError(
-                f"{service.name} did not start: {answer.stdout.strip()}\n"
-                + _tail(self.log_file(service.name))
+                f"{service.name} did not start: {answer}\n" + _tail(self.log_file(service.name))
             )
         return pid
 
@@ -448,8 +471,11 @@ class Supervisor:
             time.sleep(0.5)
 
     def stop(self, names: Sequence[str]) -> None:
-        if names:
-            self.ctl("stop", *names)
+        rpc = self.rpc()
+        for name in names:
+            # One that already exited is stopped.
+            with contextlib.suppress(xmlrpc.client.Fault):
+                rpc.stopProcess(name, True)
 
     def shutdown(self) -> list[str]:
         """Stop every program (SIGTERM to its process group, SIGKILL after the stop timeout) and
@@ -461,7 +487,7 @@ class Supervisor:
         order = {service.name: index for index, service in enumerate(self.services)}
         groups = self.running()
         was_running = sorted(groups, key=lambda name: (order.get(name, len(order)), name))
-        self.ctl("shutdown")
+        self.rpc().shutdown()
         deadline = time.monotonic() + self.stop_timeout + 30
         while _alive(pid):
             if time.monotonic() > deadline:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from playwright.sync_api import expect
 
 from streamflow.ops.stack import CODE_SERVER, Supervisor, create_databases, drop_databases
 from streamflow.settings import Settings
@@ -324,19 +325,13 @@ def test_the_dagster_ui_shows_the_assets_and_their_materialized_partitions(
         pytest.skip(f"{CHROMIUM} is missing (`.ci/run` installs Debian's chromium)")
     assert backfill["status"] == "COMPLETED_SUCCESS", "the backfill test says why"
     ui = native_stack.dagster_url
-    with chromium(tmp_path / "profile", tmp_path / "chromium.log") as page:
-        try:
-            page.goto(f"{ui}/asset-groups")
-            page.wait_for(
-                lambda text: all(g in text for g in ("ingestion", "features", "training"))
-            )
-            page.goto(f"{ui}/locations/streamflow/asset-groups/features")
-            page.wait_for(
-                lambda text: all(
-                    a in text for a in ("feature_registry", "online_features", "training_dataset")
-                )
-            )
-            page.goto(f"{ui}/assets/online_features?view=partitions")
-            page.wait_for(lambda text: f"Materialized ({len(MONTHS)})" in text)
-        finally:
-            page.screenshot(tmp_path / "dagster-ui.png")
+    with chromium(tmp_path / "dagster-ui.png") as page:
+        body = page.locator("body")
+        page.goto(f"{ui}/asset-groups")
+        for group in ("ingestion", "features", "training"):
+            expect(body).to_contain_text(group, timeout=90_000)
+        page.goto(f"{ui}/locations/streamflow/asset-groups/features")
+        for asset in ("feature_registry", "online_features", "training_dataset"):
+            expect(body).to_contain_text(asset, timeout=90_000)
+        page.goto(f"{ui}/assets/online_features?view=partitions")
+        expect(body).to_contain_text(f"Materialized ({len(MONTHS)})", timeout=90_000)
