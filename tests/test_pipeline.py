@@ -10,7 +10,7 @@ from pathlib import Path
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_context
 
 from streamflow.domain.seeds import TABLES
-from streamflow.ops.pipeline import process_tags, release_dead_runs, run_month
+from streamflow.ops.pipeline import STARTED_TAG, process_tags, release_dead_runs, run_month
 from streamflow_assets.definitions import build_definitions
 from streamflow_assets.ingestion.assets import new_seed_month_sensor
 from streamflow_assets.promotion.assets import PROMOTION_POOL
@@ -60,7 +60,7 @@ def test_a_pid_given_to_another_process_is_not_taken_for_the_run(
     dagster_instance: DagsterInstance,
 ) -> None:
     # This very process, but with another start time: the run's own process is gone.
-    reused = process_tags() | {"streamflow/process_started": "1"}
+    reused = process_tags() | {STARTED_TAG: "1.0"}
     run = started_run(dagster_instance, reused, "2024-03")
     (released,) = release_dead_runs(dagster_instance)
     assert released.run_id == run.run_id

@@ -6,8 +6,8 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+import psutil
 from dagster import (
     AssetKey,
     DagsterInstance,
@@ -28,7 +28,7 @@ from streamflow_assets.resources import run_config_for
 PID_TAG = "streamflow/pid"
 HOST_TAG = "streamflow/host"
 # When that process started, so that a later process given the same pid is not taken for it.
-STARTED_TAG = "streamflow/process_started"
+STARTED_TAG = "streamflow/process_create_time"
 _IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
 
 
@@ -150,40 +150,26 @@ def run_month(
     )
 
 
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """A process's state and start time (clock ticks after boot) from Linux's /proc; None
-    where there is no /proc or no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    return fields[0], fields[19]
-
-
 def process_tags() -> dict[str, str]:
     """The tags that tie a run to the process executing it (this one)."""
-    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-    if stat := _proc_stat(os.getpid()):
-        tags[STARTED_TAG] = stat[1]
-    return tags
+    return {
+        PID_TAG: str(os.getpid()),
+        HOST_TAG: socket.gethostname(),
+        STARTED_TAG: repr(psutil.Process().create_time()),
+    }
 
 
 def _process_is_gone(tags: Mapping[str, str]) -> bool:
-    pid = int(tags[PID_TAG])
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        process = psutil.Process(int(tags[PID_TAG]))
+        status, started = process.status(), repr(process.create_time())
+    except psutil.NoSuchProcess:
         return True
-    except PermissionError:
-        pass
-    stat = _proc_stat(pid)
-    if stat is None:
+    except psutil.AccessDenied:
         return False
-    state, started = stat
     # A zombie has exited (its parent has not reaped it yet); another start time is another
     # process that was given the pid after the run's own died.
-    return state == "Z" or started != tags.get(STARTED_TAG, started)
+    return status == psutil.STATUS_ZOMBIE or started != tags.get(STARTED_TAG, started)
 
 
 @dataclass(frozen=True)
