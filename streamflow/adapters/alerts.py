@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import tenacity
 
 AlertState = Literal["failing", "recovered"]
 
@@ -146,6 +147,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+class _Retryable(Exception):
+    """A failed POST worth another attempt: a timeout, a lost connection, 429 or 5xx."""
+
+
 def post_json(
     url: str,
     payload: dict[str, Any],
@@ -154,26 +159,34 @@ def post_json(
     backoff: float,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Delivery:
-    """POST a JSON payload; retry timeouts, connection errors, 429 and 5xx with backoff.
+    """POST a JSON payload; retry timeouts, connection errors, 429 and 5xx with backoff
+    (tenacity: `backoff`, then doubling).
 
     Other 4xx answers (a revoked or mistyped webhook) would fail the same way again, so they are
     not retried. Never raises for an HTTP failure: the caller records the returned Delivery.
     """
-    error = None
-    attempts = 0
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_attempt(retries + 1),
+        wait=tenacity.wait_exponential(multiplier=backoff, exp_base=2, min=backoff),
+        retry=tenacity.retry_if_exception_type(_Retryable),
+        sleep=sleep,
+        reraise=True,
+    )
     with httpx.Client(timeout=timeout) as client:
-        for attempt in range(retries + 1):
-            if attempt:
-                sleep(backoff * 2 ** (attempt - 1))
-            attempts += 1
+
+        def attempt() -> Delivery:
             try:
                 response = client.post(url, json=payload)
             except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                continue
+                raise _Retryable(f"{type(exc).__name__}: {exc}") from exc
             if response.is_success:
-                return Delivery(True, attempts, url)
+                return Delivery(True, retrying.statistics["attempt_number"], url)
             error = f"HTTP {response.status_code}: {response.text[:200]}"
-            if response.status_code != 429 and response.status_code < 500:
-                break
-    return Delivery(False, attempts, url, error)
+            if response.status_code == 429 or response.status_code >= 500:
+                raise _Retryable(error)
+            return Delivery(False, retrying.statistics["attempt_number"], url, error)
+
+        try:
+            return retrying(attempt)
+        except _Retryable as failed:
+            return Delivery(False, retrying.statistics["attempt_number"], url, str(failed))
