@@ -11,20 +11,17 @@ from typing import Any
 
 import numpy as np
 from feast import FeatureStore
-from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.helpers import _mmh3, compute_table_id
 from feast.infra.online_stores.postgres_online_store.postgres import PostgreSQLOnlineStore
-from feast.infra.online_stores.redis import RedisOnlineStore, _versioned_fv_name
-from feast.infra.online_stores.sqlite import SqliteOnlineStore, _quote_id, convert_timestamp
-from feast.infra.utils.postgres.connection_utils import _get_conn_async
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.infra.online_stores.redis import RedisOnlineStore
+from feast.infra.online_stores.sqlite import SqliteOnlineStore, convert_timestamp
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg import AsyncConnection
 
 from serving.model import describe
-from streamflow.domain.features import FEATURE_NAMES, FEATURE_SERVICE, FEATURES, JOIN_KEY
+from streamflow.adapters import feast_layout
+from streamflow.domain.features import FEATURE_NAMES, FEATURE_SERVICE, FEATURES
 
 FeatureValue = int | float | bool | str | None
 
@@ -120,13 +117,9 @@ def _shortest(value: float) -> float:
 
 
 # Serializing a key builds two protos: a tenth of a read. Users come back, their keys do not change.
-def _entity_key(user_id: str) -> EntityKeyProto:
-    return EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val=user_id)])
-
-
 @lru_cache(maxsize=_CACHED)
 def _serialized_key(user_id: str, version: int) -> bytes:
-    return serialize_entity_key(_entity_key(user_id), version)
+    return feast_layout.serialized_key(user_id, version)
 
 
 @lru_cache(maxsize=1 << 10)
@@ -185,10 +178,9 @@ class OnlineFeatureReader:
         if use_sql and not is_sql:
             raise ValueError(f"use_sql: {self.store_name} is not a SQL online store")
         self.uses_sql = is_sql if use_sql is None else use_sql
-        versioning = self._config.registry.enable_online_feature_view_versioning
         # Both stores name a view's table alike and take double-quoted identifiers.
         self._tables = [
-            _quote_id(compute_table_id(self._config.project, view, versioning))
+            feast_layout.quote_id(feast_layout.table_name(self._config, view))
             for view, _ in self._views
         ]
         self._key_version = self._config.entity_key_serialization_version
@@ -211,8 +203,8 @@ class OnlineFeatureReader:
         # Per view: its features' hash fields, then its event-time field (Feast's key encoding).
         self._redis_fields = []
         for view, names in self._views:
-            name = _versioned_fv_name(view, self._config)
-            self._redis_fields += [_mmh3(f"{name}:{feature}") for feature in names]
+            name = feast_layout.redis_view_name(self._config, view)
+            self._redis_fields += [feast_layout.redis_field(name, feature) for feature in names]
             self._redis_fields.append(f"_ts:{name}")
 
     def read(self, user_ids: Sequence[str]) -> OnlineFeatures:
@@ -377,7 +369,7 @@ class OnlineFeatureReader:
             # Private, kept on purpose (Feast 0.67.0): the function that opens an asynchronous
             # connection with the online store config's own settings; Feast has no public one.
             # One the server or the network dropped is closed: the next read opens another.
-            self._async_connection = await _get_conn_async(self._config.online_store)
+            self._async_connection = await feast_layout.connect_async(self._config.online_store)
             await self._async_connection.set_autocommit(True)
         keys = [_serialized_key(user_id, self._key_version) for user_id in user_ids]
         query, params = self._postgres_query(keys)
@@ -385,7 +377,7 @@ class OnlineFeatureReader:
         return self._place(user_ids, keys, await cursor.fetchall(), _postgres_event_time)
 
     def _read_views(self, user_ids: Sequence[str]) -> OnlineFeatures:
-        keys = [_entity_key(user_id) for user_id in user_ids]
+        keys = [feast_layout.entity_key(user_id) for user_id in user_ids]
         values: dict[str, list[FeatureValue]] = {}
         event_times: dict[str, list[datetime | None]] = {}
         for view, names in self._views:

@@ -17,14 +17,12 @@ import numpy as np
 import pandas as pd
 import yaml
 from feast import FeatureStore, RepoConfig
-from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_contents import RepoContents
 from feast.repo_operations import extract_objects_for_apply_delete, parse_repo
 from feast.type_map import python_values_to_proto_values
 from feast.value_type import ValueType
 
+from streamflow.adapters.feast_layout import serialized_key
 from streamflow.adapters.online_store import EncodedView, WriteStats
 from streamflow.adapters.snapshots import DUCKDB_BOUNDS
 from streamflow.domain.features import FEATURE_SERVICE, FEATURE_VIEWS, JOIN_KEY
@@ -101,13 +99,7 @@ def apply_definitions(store: FeatureStore, repo: Path) -> ApplySummary:
 
 def _entity_keys(user_ids: np.ndarray, version: int) -> np.ndarray:
     return np.array(
-        [
-            serialize_entity_key(
-                EntityKeyProto(join_keys=[JOIN_KEY], entity_values=[ValueProto(string_val=uid)]),
-                entity_key_serialization_version=version,
-            )
-            for uid in user_ids
-        ],
+        [serialized_key(uid, version) for uid in user_ids],
         dtype=object,
     )
 

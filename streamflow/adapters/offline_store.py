@@ -33,13 +33,11 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
 )
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
 from feast.infra.registry.base_registry import BaseRegistry
-
-# Private, kept on purpose (Feast 0.67.0): the one function that opens a connection with the
-# offline store config's own settings (sslmode, keepalives, timeouts); Feast has no public one.
-from feast.infra.utils.postgres.connection_utils import _get_conn
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
 from psycopg import Connection, sql
+
+from streamflow.adapters.feast_layout import connect
 
 # The snapshot store's own COPY codecs, so that a column reads back here as it does there.
 from streamflow.adapters.snapshots import (
@@ -113,7 +111,7 @@ class LateralJoinPostgreSQLOfflineStore(PostgreSQLOfflineStore):
                     filter_by_created_timestamp,
                 )
             finally:
-                with _get_conn(config.offline_store) as conn:
+                with connect(config.offline_store) as conn:
                     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
 
         return CopyRetrievalJob(
@@ -140,7 +138,7 @@ class CopyRetrievalJob(PostgreSQLRetrievalJob):
         # query's lifetime, as to_sql() and persist() use it too.
         with (
             self._query_generator() as query,
-            _get_conn(self.config.offline_store) as conn,
+            connect(self.config.offline_store) as conn,
         ):
             conn.read_only = True
             columns = _result_columns(conn, query)
@@ -157,7 +155,7 @@ class CopyRetrievalJob(PostgreSQLRetrievalJob):
 def _upload(config: RepoConfig, entities: pd.DataFrame, table: str) -> None:
     """The entity frame as an unlogged table (it lives for one query), sent by `COPY`."""
     columns = [(column, column_spec(entities[column])[0]) for column in entities.columns]
-    with _get_conn(config.offline_store) as conn:
+    with connect(config.offline_store) as conn:
         conn.execute(
             sql.SQL("CREATE UNLOGGED TABLE {} ({})").format(
                 sql.Identifier(table),

@@ -23,26 +23,17 @@ from typing import Any, Literal
 from feast.entity import Entity
 from feast.feature_view import FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.infra.online_stores.helpers import _mmh3, compute_table_id
 from feast.infra.online_stores.postgres_online_store.postgres import (
     PostgreSQLOnlineStore,
     PostgreSQLOnlineStoreConfig,
 )
-from feast.infra.online_stores.redis import (
-    RedisOnlineStore,
-    RedisOnlineStoreConfig,
-    _versioned_fv_name,
-)
+from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
 from feast.infra.online_stores.sqlite import (
     SqliteOnlineStore,
     SqliteOnlineStoreConfig,
     adapt_datetime_epoch,
     convert_timestamp,
 )
-
-# Private, kept on purpose (Feast 0.67.0): the one function that opens a connection with the
-# online store config's own settings (sslmode, keepalives, timeouts); Feast has no public one.
-from feast.infra.utils.postgres.connection_utils import _get_conn
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RepoConfig
@@ -50,16 +41,14 @@ from feast.utils import make_tzaware, to_naive_utc
 from google.protobuf.timestamp_pb2 import Timestamp
 from psycopg import Connection, Cursor, sql
 
+from streamflow.adapters import feast_layout
+from streamflow.adapters.feast_layout import quote_id, redis_field, redis_view_name, table_name
+
 WriteBatch = Sequence[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]]
 # One entity's row of a view: (entity_key, event_ts, created_ts, then a serialized value per
 # feature name, None for a feature not offered). One row an entity, not one a feature: the
 # PostgreSQL store stages a month with one COPY row per user.
 Row = tuple[Any, ...]
-
-
-def _quote_id(identifier: str) -> str:
-    """A SQL identifier in double quotes, embedded quotes doubled (as Feast's stores quote)."""
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True)
@@ -89,12 +78,6 @@ class EncodedView:
     view: FeatureView
     entity_keys: Sequence[bytes]
     values: dict[str, Sequence[bytes]]
-
-
-def _table(config: RepoConfig, view: FeatureView) -> str:
-    return compute_table_id(
-        config.project, view, config.registry.enable_online_feature_view_versioning
-    )
 
 
 class _Monotonic:
@@ -204,7 +187,7 @@ class MonotonicSqliteOnlineStore(_Monotonic, SqliteOnlineStore):
     ) -> int:
         # value_text is left empty: only Feast's document-search filters read it.
         upsert = (
-            f"INSERT INTO {_quote_id(_table(config, view))} AS stored "
+            f"INSERT INTO {quote_id(table_name(config, view))} AS stored "
             "(entity_key, feature_name, value, event_ts, created_ts) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT(entity_key, feature_name) DO UPDATE SET value = excluded.value, "
             "event_ts = excluded.event_ts, created_ts = excluded.created_ts "
@@ -221,7 +204,7 @@ class MonotonicSqliteOnlineStore(_Monotonic, SqliteOnlineStore):
 
     def newest_event_time(self, config: RepoConfig, view: FeatureView) -> datetime | None:
         """The newest event time any entity of a feature view holds online."""
-        query = f"SELECT max(event_ts) FROM {_quote_id(_table(config, view))}"
+        query = f"SELECT max(event_ts) FROM {quote_id(table_name(config, view))}"
         (newest,) = self._get_conn(config).execute(query).fetchone()
         # Read back as Feast's own read path does (its converter, then UTC).
         return convert_timestamp(str(newest).encode()).replace(tzinfo=UTC) if newest else None
@@ -266,7 +249,7 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
             for view in tables_to_keep:
                 conn.execute(
                     sql.SQL("ALTER TABLE {} SET (fillfactor = {})").format(
-                        sql.Identifier(_table(config, view)), sql.Literal(_FILLFACTOR)
+                        sql.Identifier(table_name(config, view)), sql.Literal(_FILLFACTOR)
                     )
                 )
 
@@ -277,7 +260,7 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
         # A connection the server or network dropped stays closed: open a new one, so that a
         # reader recovers from an outage without a restart.
         if self._conn is None or self._conn.closed:
-            self._conn = _get_conn(config.online_store)
+            self._conn = feast_layout.connect(config.online_store)
         self._conn.set_autocommit(autocommit)
         yield self._conn
 
@@ -297,7 +280,7 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
         names: Sequence[str],
         rows: Iterable[Row],
     ) -> int:
-        target = sql.Identifier(_table(config, view))
+        target = sql.Identifier(table_name(config, view))
         columns = [sql.Identifier(f"value_{index}") for index in range(len(names))]
         # Dropped after the merge, not at commit: the next view of the month, in the same
         # transaction, stages its rows under the same name.
@@ -354,7 +337,9 @@ class MonotonicPostgreSQLOnlineStore(_Monotonic, PostgreSQLOnlineStore):
         return offered - older
 
     def newest_event_time(self, config: RepoConfig, view: FeatureView) -> datetime | None:
-        query = sql.SQL("SELECT max(event_ts) FROM {}").format(sql.Identifier(_table(config, view)))
+        query = sql.SQL("SELECT max(event_ts) FROM {}").format(
+            sql.Identifier(table_name(config, view))
+        )
         with self._get_conn(config, autocommit=True) as conn:
             (newest,) = conn.execute(query).fetchone()
         return newest
@@ -435,7 +420,7 @@ class MonotonicRedisOnlineStore(RedisOnlineStore):
     ) -> int:
         client = self._get_client(config.online_store)
         script = client.register_script(_GUARDED_WRITE)
-        name = _versioned_fv_name(view, config)
+        name = redis_view_name(config, view)
         project = config.project.encode()
         stamp = Timestamp()
         stamp.FromDatetime(make_tzaware(event_ts))
@@ -446,7 +431,7 @@ class MonotonicRedisOnlineStore(RedisOnlineStore):
             stamp.seconds,
             stamp.nanos,
             len(features),
-            *(_mmh3(f"{name}:{feature}") for feature in features),
+            *(redis_field(name, feature) for feature in features),
         ]
         newest = newest_key(config, view)
         columns = [values[feature] for feature in features]
@@ -517,4 +502,4 @@ class MonotonicRedisOnlineStore(RedisOnlineStore):
 
 def newest_key(config: RepoConfig, view: FeatureView) -> bytes:
     """The Redis key holding a view's newest event time (entity keys never start with `_`)."""
-    return f"_streamflow_newest:{config.project}:{_versioned_fv_name(view, config)}".encode()
+    return f"_streamflow_newest:{config.project}:{redis_view_name(config, view)}".encode()
