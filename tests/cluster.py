@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from streamflow.ops.cli import dagster_postgres_env, dagster_yaml
+from streamflow.ops.dagster_home import dagster_postgres_env, dagster_yaml
 from streamflow.settings import Settings
 from tests.serving.conftest import Child
 

@@ -22,7 +22,7 @@ from psycopg import sql
 from streamflow.domain import months
 from streamflow.domain.features import FEATURE_VIEWS
 from streamflow.domain.seeds import TABLES
-from streamflow.ops.cli import dagster_postgres_env
+from streamflow.ops.dagster_home import dagster_postgres_env
 from streamflow.settings import Settings
 from tests.faults import Pipeline, start_pipeline, wait_until
 from tests.profiles import POSTGRES, throwaway_databases

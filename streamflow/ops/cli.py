@@ -1,71 +1,72 @@
-"""The `streamflow` command: generate seeds, run the monthly pipeline through Dagster."""
+"""The `streamflow` command: generate seeds, run the monthly pipeline through Dagster, serve,
+check freshness and monitoring, and start the cluster's workers (typer; `--help` on each)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
+
+import typer
 
 from streamflow.domain import months
+from streamflow.ops.dagster_home import use_dagster_home
 from streamflow.settings import REPO_ROOT, Settings, get_settings
 
 if TYPE_CHECKING:
     from streamflow.adapters.pipeline_lock import PipelineLock
 
 
-def dagster_yaml(profile: str) -> Path:
-    """The instance file a profile ships: `dagster.yaml` (local) or `dagster.<profile>.yaml`."""
-    return REPO_ROOT / ("dagster.yaml" if profile == "local" else f"dagster.{profile}.yaml")
+
+def _exit_with(code: int | None, **_: object) -> None:
+    """A command's return value is the process's exit code (its documented meaning)."""
+    raise typer.Exit(code or 0)
 
 
-def dagster_postgres_env(settings: Settings, database: str = "dagster") -> dict[str, str]:
-    """The DAGSTER_POSTGRES_* variables dagster.postgres.yaml reads: StreamFlow's own server."""
-    return {
-        "DAGSTER_POSTGRES_HOST": settings.postgres_host,
-        "DAGSTER_POSTGRES_PORT": str(settings.postgres_port),
-        "DAGSTER_POSTGRES_USER": settings.postgres_user,
-        "DAGSTER_POSTGRES_PASSWORD": settings.postgres_password.get_secret_value(),
-        "DAGSTER_POSTGRES_DB": database,
-    }
+app = typer.Typer(
+    name="streamflow",
+    help=__doc__,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    result_callback=_exit_with,
+)
 
 
-def prepare_dagster_home(settings: Settings) -> Path:
-    """Point DAGSTER_HOME at the data dir's instance (unless set) and give it the profile's
-    dagster.yaml; under the postgres and cluster profiles, default its DAGSTER_POSTGRES_*."""
-    if settings.uses_postgres:
-        for name, value in dagster_postgres_env(settings).items():
-            os.environ.setdefault(name, value)
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    target = home / "dagster.yaml"
-    if not target.exists():
-        shutil.copyfile(dagster_yaml(settings.profile), target)
-    return home
-
-
-def _generate(args: argparse.Namespace) -> int:
+@app.command()
+def generate(
+    users: int = 7043, months_: Annotated[int, typer.Option("--months")] = 3, seed: int = 42,
+    out: Path = Path("data/seeds"),
+) -> int:  # fmt: skip
+    """Write synthetic seeds in the real format."""
     from streamflow.ops.generator import generate_seeds
 
     started = time.perf_counter()
-    summary = generate_seeds(Path(args.out), users=args.users, months=args.months, seed=args.seed)
-    print(summary)
+    print(generate_seeds(out, users=users, months=months_, seed=seed))
     print(f"generated in {time.perf_counter() - started:.1f}s")
     return 0
 
 
-def _pipeline(args: argparse.Namespace) -> int:
-    if args.seeds:
-        os.environ["STREAMFLOW_SEEDS_DIR"] = str(Path(args.seeds).resolve())
+@app.command()
+def pipeline(
+    seeds: Annotated[
+        Path | None, typer.Option(help="seeds dir (default: $STREAMFLOW_SEEDS_DIR)")
+    ] = None,
+    partitions: Annotated[
+        str | None,
+        typer.Option(help="months to run, e.g. 2024-01..2024-03 (default: every seeded month)"),
+    ] = None,
+) -> int:
+    """Materialize every seeded month through Dagster, in month order."""
+    if seeds:
+        os.environ["STREAMFLOW_SEEDS_DIR"] = str(seeds.resolve())
         get_settings.cache_clear()
     settings = get_settings()
-    keys = months.parse_range(args.partitions) if args.partitions else None
+    keys = months.parse_range(partitions) if partitions else None
     if keys is None:
         keys = months.seeded_months(settings.seeds_dir)
         if not keys:
@@ -89,7 +90,7 @@ def _run_pipeline(settings: Settings, keys: list[str], lock: PipelineLock) -> in
 
     from streamflow.ops.pipeline import run_months
 
-    home = prepare_dagster_home(settings)
+    home = use_dagster_home(settings)
     with DagsterInstance.get() as instance:
         # Under the lock: no other pipeline of these stores is running, so a run left in
         # progress by a process that is gone was killed.
@@ -126,8 +127,9 @@ def _release_dead_runs(instance, settings: Settings) -> None:
             print(f"  {cleaned}", flush=True)
 
 
-def _freshness(args: argparse.Namespace) -> int:
-    """Print the online store's freshness facts; exit 0 fresh, 1 stale, 2 could not tell."""
+@app.command()
+def freshness() -> int:
+    """Is the online store as fresh as the newest snapshots? Exit 0 yes, 1 no, 2 unknown."""
     from streamflow_assets.resources import build_resources
 
     resources = build_resources(get_settings())
@@ -145,64 +147,22 @@ def _freshness(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def _latest_metadata(instance, asset: str, partition: str) -> dict[str, object] | None:
-    from dagster import AssetKey, AssetRecordsFilter
-
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(asset_key=AssetKey(asset), asset_partitions=[partition]), limit=1
-    ).records
-    if not records:
-        return None
-    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
-
-
-def monitor_report(instance, partition: str | None) -> tuple[int, dict[str, object]]:
-    """A month's drift and decay as the monitoring assets recorded them, and its exit code:
-    0 nothing drifted and decay within its threshold, 1 drift or decay, 2 cannot tell."""
-    from dagster import AssetKey
-
-    if partition is None:
-        partitions = instance.get_materialized_partitions(AssetKey("feature_drift"))
-        if not partitions:
-            return 2, {"partition": None, "error": "feature_drift was never materialized"}
-        partition = max(partitions)
-    months.month_index(partition)
-    drift = _latest_metadata(instance, "feature_drift", partition)
-    if drift is None:
-        return 2, {"partition": partition, "error": f"feature_drift {partition} not materialized"}
-    if drift.get("status") != "measured":
-        return 2, {"partition": partition, "error": f"{drift.get('status')}: {drift.get('reason')}"}
-    measured = drift["drift"]
-    decay = _latest_metadata(instance, "model_performance", partition) or {}
-    performance = (
-        {"auc": decay["auc"], "decay": decay["decay"], "model_version": decay["incumbent_version"]}
-        if decay.get("status") == "measured"
-        else None
-    )
-    report = {
-        "partition": partition,
-        "reference_partition": drift["reference_partition"],
-        "drift_share": measured["drift_share"],
-        "dataset_drift": measured["dataset_drift"],
-        "columns": {
-            name: {k: facts[k] for k in ("statistic", "score", "threshold", "drifted")}
-            for name, facts in measured["columns"].items()
-        },
-        "performance": performance,
-    }
-    decayed = performance is not None and performance["decay"] > get_settings().decay_max_auc_drop
-    drifted = measured["dataset_drift"] or any(c["drifted"] for c in report["columns"].values())
-    return (1 if drifted or decayed else 0), report
-
-
-def _monitor(args: argparse.Namespace) -> int:
-    """Print a month's drift table, drift share and decay; exit 0 fine, 1 drift/decay, 2 unknown."""
-    prepare_dagster_home(get_settings())
+@app.command()
+def monitor(
+    partition: Annotated[
+        str | None, typer.Option(help="YYYY-MM (default: the latest measured)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+) -> int:
+    """A month's drift and decay: exit 0 fine, 1 drift or decay, 2 not known."""
+    use_dagster_home(get_settings())
     from dagster import DagsterInstance
 
+    from streamflow.ops.monitor import monitor_report
+
     with DagsterInstance.get() as instance:
-        code, report = monitor_report(instance, args.partition)
-    if args.json:
+        code, report = monitor_report(instance, partition)
+    if as_json:
         print(json.dumps(report))
         return code
     if "error" in report:
@@ -227,8 +187,14 @@ def _monitor(args: argparse.Namespace) -> int:
     return code
 
 
-def _serve(args: argparse.Namespace) -> int:
-    """Serve the churn API with uvicorn; no Dagster is imported on this path."""
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="interface to bind (default: $STREAMFLOW_SERVE_HOST)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: $STREAMFLOW_SERVE_PORT)")] = None,
+) -> int:
+    """Serve /predict from the champion model and the online store (no Dagster imported)."""
     import uvicorn
 
     from serving.app import create_app, log_config
@@ -237,8 +203,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = get_serving_settings()
     uvicorn.run(
         create_app(settings),
-        host=args.host or settings.serve_host,
-        port=args.port if args.port is not None else settings.serve_port,
+        host=host or settings.serve_host,
+        port=port if port is not None else settings.serve_port,
         access_log=settings.serve_access_log,
         limit_concurrency=settings.serve_limit_concurrency,
         backlog=settings.serve_backlog,
@@ -248,82 +214,34 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dagster_dev(args: argparse.Namespace) -> int:
-    """`dagster dev` (UI + daemon) over the instance that `streamflow pipeline` records runs in."""
-    prepare_dagster_home(get_settings())
-    dagster = Path(sys.executable).with_name("dagster")
-    os.chdir(REPO_ROOT)
-    command = ["dagster", "dev", "-w", "workspace.yaml", "--host", args.host, "--port", args.port]
-    os.execv(dagster, command)
-
-
-def _celery_worker(args: argparse.Namespace) -> int:
-    """A celery worker of the cluster profile: celery's own command on dagster-celery's tasks,
-    configured (broker, results, acknowledgement) from the same settings as the runs'."""
+@app.command("celery-worker")
+def celery_worker(
+    name: str = f"streamflow-{socket.gethostname()}-{os.getpid()}",
+    concurrency: Annotated[int, typer.Option(help="steps at a time")] = 1,
+) -> int:
+    """A celery worker that runs the cluster profile's steps: celery's own command on
+    dagster-celery's tasks, configured from the same settings as the runs'."""
     from streamflow_assets.cluster import worker_command
 
-    prepare_dagster_home(get_settings())
-    command = worker_command(Path(sys.executable).parent, args.name, args.concurrency)
+    use_dagster_home(get_settings())
+    command = worker_command(Path(sys.executable).parent, name, concurrency)
     os.execv(command[0], command)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="streamflow", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    generate = commands.add_parser("generate", help="write synthetic seeds in the real format")
-    generate.add_argument("--users", type=int, default=7043)
-    generate.add_argument("--months", type=int, default=3)
-    generate.add_argument("--seed", type=int, default=42)
-    generate.add_argument("--out", default="data/seeds")
-    generate.set_defaults(run=_generate)
-
-    pipeline = commands.add_parser(
-        "pipeline", help="materialize every seeded month through Dagster, in month order"
-    )
-    pipeline.add_argument("--seeds", help="seeds dir (default: $STREAMFLOW_SEEDS_DIR)")
-    pipeline.add_argument(
-        "--partitions", help="months to run, e.g. 2024-01..2024-03 (default: every seeded month)"
-    )
-    pipeline.set_defaults(run=_pipeline)
-
-    freshness = commands.add_parser(
-        "freshness",
-        help="is the online store as fresh as the newest snapshots? exit 0 yes, 1 no, 2 unknown",
-    )
-    freshness.set_defaults(run=_freshness)
-
-    monitor = commands.add_parser(
-        "monitor",
-        help="a month's drift and decay: exit 0 fine, 1 drift or decay, 2 not known",
-    )
-    monitor.add_argument("--partition", help="YYYY-MM (default: the latest measured)")
-    monitor.add_argument("--json", action="store_true", help="one JSON object")
-    monitor.set_defaults(run=_monitor)
-
-    serve = commands.add_parser(
-        "serve", help="serve /predict from the champion model and the online store"
-    )
-    serve.add_argument("--host", help="interface to bind (default: $STREAMFLOW_SERVE_HOST)")
-    serve.add_argument("--port", type=int, help="port (default: $STREAMFLOW_SERVE_PORT)")
-    serve.set_defaults(run=_serve)
-
-    worker = commands.add_parser(
-        "celery-worker", help="a celery worker that runs the cluster profile's steps"
-    )
-    worker.add_argument("--name", default=f"streamflow-{socket.gethostname()}-{os.getpid()}")
-    worker.add_argument("--concurrency", type=int, default=1, help="steps at a time")
-    worker.set_defaults(run=_celery_worker)
-
-    dev = commands.add_parser("dagster-dev", help="the Dagster UI and daemon over this data dir")
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", default="3000")
-    dev.set_defaults(run=_dagster_dev)
-    return parser
+@app.command("dagster-dev")
+def dagster_dev(host: str = "127.0.0.1", port: str = "3000") -> int:
+    """The Dagster UI and daemon (`dagster dev`) over the instance `streamflow pipeline` uses."""
+    use_dagster_home(get_settings())
+    dagster = Path(sys.executable).with_name("dagster")
+    os.chdir(REPO_ROOT)
+    command = ["dagster", "dev", "-w", "workspace.yaml", "--host", host, "--port", port]
+    os.execv(dagster, command)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command's exit code: a command's own; 2 for a bad argument or a ValueError (a bad
+    month range, a seeds folder that is not one), named after the command."""
+    args = sys.argv[1:] if argv is None else argv
     # The console shows one line per step of work; library deprecation notices and progress
     # bars would bury it (Dagster keeps every event of a run for the UI).
     # Libraries add warning filters of their own on import, so warnings are routed to a logger
@@ -333,10 +251,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     try:
-        return args.run(args)
+        # Typer's own handling of the command line: usage errors named, exit 2; --help.
+        app(args, prog_name="streamflow")
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
     except ValueError as error:
-        print(f"streamflow {args.command}: {error}", file=sys.stderr)
+        command = next((arg for arg in args if not arg.startswith("-")), "")
+        print(f"streamflow {command}: {error}", file=sys.stderr)
         return 2
+    return 0
 
 
 if __name__ == "__main__":

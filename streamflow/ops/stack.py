@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,7 +30,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from supervisor.xmlrpc import SupervisorTransport
 
-from streamflow.ops.cli import dagster_postgres_env, dagster_yaml
+from streamflow.ops.dagster_home import dagster_home, dagster_postgres_env, prepare_dagster_home
 from streamflow.settings import REPO_ROOT, Settings, get_settings
 
 # Every service binds to loopback: the native stack is for one user on one machine.
@@ -150,7 +149,7 @@ class Stack:
 
     @property
     def dagster_home(self) -> Path:
-        return Path(os.environ.get("DAGSTER_HOME") or self.settings.dagster_home).resolve()
+        return dagster_home(self.settings)
 
     def services(self) -> list[Service]:
         bin_dir = Path(sys.executable).parent
@@ -325,21 +324,6 @@ def drop_databases(settings: Settings, names: Iterable[str]) -> None:
             connection.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
-
-
-def prepare_dagster_home(stack: Stack) -> Path:
-    """A DAGSTER_HOME whose dagster.yaml is the profile's instance (kept if already there)."""
-    home = stack.dagster_home
-    home.mkdir(parents=True, exist_ok=True)
-    target = home / "dagster.yaml"
-    source = dagster_yaml(stack.settings.profile)
-    if not target.exists():
-        # The instance of the docker compose stack, in PostgreSQL: the webserver, the daemon and
-        # the run workers share it, and so does the `streamflow` CLI under the same profile.
-        shutil.copyfile(source, target)
-    elif target.read_bytes() != source.read_bytes():
-        print(f"keeping {target}, which differs from {source.name}")
-    return home
 
 
 class Supervisor:
@@ -552,7 +536,7 @@ def up(stack: Stack, names: Sequence[str] = SERVICES) -> dict[str, int]:
     )
     if created:
         print(f"created databases: {', '.join(created)}")
-    prepare_dagster_home(stack)
+    prepare_dagster_home(stack.settings)
     stack.write_workspace()
     processes = supervisor(stack)
     processes.ensure_daemon(stack.environment())

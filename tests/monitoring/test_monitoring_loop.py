@@ -24,7 +24,8 @@ from mlflow.tracking import MlflowClient
 from streamflow.adapters.alerts import read_jsonl
 from streamflow.adapters.registry import CHAMPION_ALIAS, MODEL_NAME
 from streamflow.domain import months
-from streamflow.ops.cli import main, monitor_report
+from streamflow.ops.cli import main
+from streamflow.ops.monitor import monitor_report
 from streamflow.settings import Settings, get_settings
 from streamflow_assets.jobs import RETRAIN_REASON_TAG
 from streamflow_assets.resources import build_resources

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from streamflow.ops.cli import dagster_postgres_env, prepare_dagster_home
+from streamflow.ops.dagster_home import dagster_postgres_env, use_dagster_home
 from streamflow.ops.stack import (
     CODE_SERVER,
     Service,
@@ -182,7 +182,7 @@ def test_prepare_dagster_home_gives_each_profile_its_instance_file(
     for profile, source in (("local", "dagster.yaml"), ("postgres", "dagster.postgres.yaml")):
         monkeypatch.delenv("DAGSTER_HOME", raising=False)
         settings = Settings(data_dir=tmp_path / profile, profile=profile, postgres_port=6543)
-        home = prepare_dagster_home(settings)
+        home = use_dagster_home(settings)
         assert (home / "dagster.yaml").read_text() == (REPO_ROOT / source).read_text()
     # The postgres instance file reads its server from the StreamFlow settings' one.
     assert os.environ["DAGSTER_POSTGRES_PORT"] == "6543"
