@@ -135,3 +135,16 @@ def test_a_bad_partition_range_exits_2_quoting_it(tmp_path: Path, text: str) -> 
     assert result.returncode == 2
     assert "streamflow pipeline:" in result.stderr
     assert text.split("..")[0] in result.stderr
+
+
+def test_help_lists_every_command_and_an_unknown_one_exits_2(capsys) -> None:
+    from streamflow.ops.cli import main
+
+    assert main(["--help"]) == 0
+    shown = capsys.readouterr().out
+    for command in ("generate", "pipeline", "freshness", "monitor", "serve", "celery-worker"):
+        assert command in shown
+    assert main(["pipeline", "--help"]) == 0
+    assert "--partitions" in capsys.readouterr().out
+    assert main(["no-such-command"]) == 2
+    assert "no-such-command" in capsys.readouterr().err
