@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import httpx
 import tenacity
+from slack_sdk.models.blocks import MarkdownTextObject, SectionBlock
 
 AlertState = Literal["failing", "recovered"]
 
@@ -65,25 +66,18 @@ class Alert:
 
 
 def slack_payload(alert: Alert | MonitoringAlert) -> dict[str, Any]:
-    """An incoming-webhook message: `text` for notifications and clients without blocks."""
+    """An incoming-webhook message: `text` for notifications and clients without blocks; the
+    blocks built (and checked against Block Kit's limits) by slack-sdk's models."""
     icon = ":red_circle:" if alert.state in ("failing", "fired") else ":large_green_circle:"
-    return {
-        "text": alert.text,
-        "blocks": [
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"{icon} *{alert.title}*"}},
-            {
-                "type": "section",
-                "fields": [
-                    {"type": "mrkdwn", "text": f"*{k}*\n{v}"} for k, v in alert.fields().items()
-                ],
-            },
-            {"type": "section", "text": {"type": "mrkdwn", "text": f"*Why:* {alert.summary}"}},
-            {
-                "type": "section",
-                "text": {"type": "mrkdwn", "text": f"<{alert.link}|Open {alert.asset} in Dagster>"},
-            },
-        ],
-    }
+    blocks = [
+        SectionBlock(text=MarkdownTextObject(text=f"{icon} *{alert.title}*")),
+        SectionBlock(
+            fields=[MarkdownTextObject(text=f"*{k}*\n{v}") for k, v in alert.fields().items()]
+        ),
+        SectionBlock(text=MarkdownTextObject(text=f"*Why:* {alert.summary}")),
+        SectionBlock(text=MarkdownTextObject(text=f"<{alert.link}|Open {alert.asset} in Dagster>")),
+    ]
+    return {"text": alert.text, "blocks": [block.to_dict() for block in blocks]}
 
 
 @dataclass(frozen=True)

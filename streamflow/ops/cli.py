@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from streamflow.adapters.pipeline_lock import PipelineLock
 
 
-
 def _exit_with(code: int | None, **_: object) -> None:
     """A command's return value is the process's exit code (its documented meaning)."""
     raise typer.Exit(code or 0)
