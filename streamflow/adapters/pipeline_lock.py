@@ -14,13 +14,13 @@ import dataclasses
 import fcntl
 import os
 import socket
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO
 
 import psycopg
+import tenacity
 from psycopg import conninfo
 
 from streamflow.settings import Settings
@@ -88,13 +88,17 @@ class PipelineBusy(RuntimeError):
 def _published_holder(handle: IO[str], wait_seconds: float = 1.0) -> Holder | None:
     """The holder the lock file names. A holder writes itself in just after taking the lock (and
     rewrites itself on each run): a refusal in between waits for the record, briefly."""
-    deadline = time.monotonic() + wait_seconds
-    while True:
+
+    def read() -> Holder | None:
         handle.seek(0)
-        holder = Holder.decode(handle.read())
-        if holder is not None or time.monotonic() > deadline:
-            return holder
-        time.sleep(0.01)
+        return Holder.decode(handle.read())
+
+    return tenacity.Retrying(
+        stop=tenacity.stop_after_delay(wait_seconds),
+        wait=tenacity.wait_fixed(0.01),
+        retry=tenacity.retry_if_result(lambda holder: holder is None),
+        retry_error_callback=lambda _: None,
+    )(read)
 
 
 @contextlib.contextmanager

@@ -20,12 +20,13 @@ import time
 import urllib.error
 import urllib.request
 import xmlrpc.client
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import tenacity
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from supervisor.xmlrpc import SupervisorTransport
@@ -258,11 +259,11 @@ def ensure_postgres(settings: Settings, timeout: float = 60.0) -> None:
         subprocess.run(
             ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"], check=True
         )
-    deadline = time.monotonic() + timeout
-    while not _postgres_answers(settings):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"PostgreSQL did not accept connections within {timeout:.0f}s")
-        time.sleep(0.5)
+    wait_until(
+        lambda: _postgres_answers(settings),
+        timeout,
+        lambda: f"PostgreSQL did not accept connections within {timeout:.0f}s",
+    )
 
 
 def ensure_system_servers(timeout: float = 60.0) -> None:
@@ -272,11 +273,11 @@ def ensure_system_servers(timeout: float = 60.0) -> None:
             continue
         print(f"starting {name}")
         subprocess.run(command, check=True)
-        deadline = time.monotonic() + timeout
-        while not _port_answers(port):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not accept connections on {HOST}:{port}")
-            time.sleep(0.5)
+        wait_until(
+            lambda port=port: _port_answers(port),
+            timeout,
+            lambda name=name, port=port: f"{name} did not accept connections on {HOST}:{port}",
+        )
 
 
 def _port_answers(port: int) -> bool:
@@ -418,14 +419,15 @@ class Supervisor:
             return
         supervisord = str(Path(sys.executable).with_name("supervisord"))
         subprocess.run([supervisord, "-c", str(self.config)], env=env, check=True)
-        deadline = time.monotonic() + timeout
-        while self.daemon_pid() is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"supervisord did not answer in {timeout:.0f}s:\n"
-                    + _tail(self.state_dir / "supervisord.log")
-                )
-            time.sleep(0.2)
+        wait_until(
+            lambda: self.daemon_pid() is not None,
+            timeout,
+            lambda: (
+                f"supervisord did not answer in {timeout:.0f}s:\n"
+                + _tail(self.state_dir / "supervisord.log")
+            ),
+            interval=0.2,
+        )
 
     def start(self, service: Service) -> int:
         answer = "started"
@@ -442,17 +444,20 @@ class Supervisor:
 
     def wait_ready(self, service: Service, deadline: float) -> None:
         """Until the service's URL answers (any HTTP status), or raise with its log's tail."""
-        while True:
+
+        def ready() -> bool:
             if service.name not in self.running():
                 raise RuntimeError(f"{service.name} exited:\n{_tail(self.log_file(service.name))}")
-            if service.ready_url is None or _answers(service.ready_url):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"{service.name} did not answer {service.ready_url} in time:\n"
-                    + _tail(self.log_file(service.name))
-                )
-            time.sleep(0.5)
+            return service.ready_url is None or _answers(service.ready_url)
+
+        wait_until(
+            ready,
+            max(0.0, deadline - time.monotonic()),
+            lambda: (
+                f"{service.name} did not answer {service.ready_url} in time:\n"
+                + _tail(self.log_file(service.name))
+            ),
+        )
 
     def stop(self, names: Sequence[str]) -> None:
         rpc = self.rpc()
@@ -472,11 +477,12 @@ class Supervisor:
         groups = self.running()
         was_running = sorted(groups, key=lambda name: (order.get(name, len(order)), name))
         self.rpc().shutdown()
-        deadline = time.monotonic() + self.stop_timeout + 30
-        while _alive(pid):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"supervisord (pid {pid}) did not exit")
-            time.sleep(0.2)
+        wait_until(
+            lambda: not _alive(pid),
+            self.stop_timeout + 30,
+            lambda: f"supervisord (pid {pid}) did not exit",
+            interval=0.2,
+        )
         # supervisord signals a group only while its leader lives: a program that exits on
         # SIGTERM before its children (the code server, whose run processes it stopped
         # waiting for) leaves them behind. A group with a member keeps its id, so this reaches
@@ -493,6 +499,21 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def wait_until(
+    holds: Callable[[], bool], timeout: float, failure: Callable[[], str], interval: float = 0.5
+) -> None:
+    """Poll `holds` every `interval` s (tenacity) until it is true; RuntimeError(failure())
+    after `timeout` s. An exception `holds` raises ends the wait at once."""
+    try:
+        tenacity.Retrying(
+            stop=tenacity.stop_after_delay(timeout),
+            wait=tenacity.wait_fixed(interval),
+            retry=tenacity.retry_if_result(lambda held: not held),
+        )(holds)
+    except tenacity.RetryError:
+        raise RuntimeError(failure()) from None
 
 
 def supervisor(stack: Stack) -> Supervisor:
