@@ -10,8 +10,12 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 from uvicorn.config import LOGGING_CONFIG
 
 from serving.body_limit import BodyLimitMiddleware
@@ -82,6 +86,26 @@ class ChurnAPI(FastAPI):
             await super().__call__(scope, receive, send)
 
 
+DOCS_ASSETS = "/docs/assets"
+
+
+def add_offline_docs(app: FastAPI) -> None:
+    """Swagger UI at /docs with its files served by the API itself (the swagger-ui-bundle
+    package), as FastAPI documents self-hosting them: the page works with no internet."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS}/favicon-32x32.png",
+        )
+
+
 def create_app(settings: ServingSettings | None = None) -> FastAPI:
     """The API over `settings` (by default read from `STREAMFLOW_*`)."""
     app_metrics = ServingMetrics()
@@ -117,7 +141,11 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         title="StreamFlow churn API",
         summary="Churn predictions from the champion model and the Feast online store.",
         lifespan=lifespan,
+        # FastAPI's pages load Swagger UI and ReDoc from a CDN: /docs is served offline below.
+        docs_url=None,
+        redoc_url=None,
     )
+    add_offline_docs(app)
     add_error_handlers(app)
     for module in (health, predict, features, model, metrics):
         app.include_router(module.router)
