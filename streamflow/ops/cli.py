@@ -249,6 +249,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("py.warnings").setLevel(logging.ERROR)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # MLflow prints two "View run/experiment at" links per run against a tracking server: the
+    # month's summary line names what ran, and the MLflow UI lists the runs.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         # Typer's own handling of the command line: usage errors named, exit 2; --help.
         app(args, prog_name="streamflow")
