@@ -41,9 +41,8 @@ dev: install
 mlflow: install
 	.venv/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$$(realpath $${STREAMFLOW_DATA_DIR:-var})/mlflow/mlflow.db
 
-# Two workers (the machine's cores); a test folder stays on one worker (tests/conftest.py).
 test: install
-	.venv/bin/pytest -n 2 --dist loadgroup
+	.venv/bin/pytest
 
 lint: install
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports

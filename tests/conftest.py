@@ -175,14 +175,3 @@ def edit_csv() -> Callable[..., EditedCell]:
         raise LookupError(f"no row of {path} matches")
 
     return edit
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `make test`'s two xdist workers (`--dist loadgroup`), the tests of one folder run in
-    one worker, so that the session fixtures of tests/serving and tests/monitoring (real stores
-    and servers built from the seeds) are built once; a test file at the top runs as its own
-    group."""
-    for item in items:
-        relative = Path(item.fspath).resolve().relative_to(REPO_ROOT / "tests")
-        group = relative.parts[0] if len(relative.parts) > 1 else relative.stem
-        item.add_marker(pytest.mark.xdist_group(group))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from streamflow.settings import REPO_ROOT, Settings
@@ -39,7 +40,8 @@ def prepare_dagster_home(settings: Settings) -> Path:
     if not target.exists():
         shutil.copyfile(source, target)
     elif target.read_bytes() != source.read_bytes():
-        print(f"keeping {target}, which differs from {source.name}")
+        # On stderr: `streamflow monitor --json` prints its one JSON object on stdout.
+        print(f"keeping {target}, which differs from {source.name}", file=sys.stderr)
     return home
 
 
