@@ -388,14 +388,14 @@ class Supervisor:
         """The pids of the programs running now, by name; empty when supervisord is not running."""
         try:
             processes = self.rpc().getAllProcessInfo()
-        except OSError:
+        except (OSError, xmlrpc.client.Fault):  # not running, or shutting down
             return {}
         return {p["name"]: p["pid"] for p in processes if p["statename"] == "RUNNING"}
 
     def daemon_pid(self) -> int | None:
         try:
             return self.rpc().getPID()
-        except OSError:
+        except (OSError, xmlrpc.client.Fault):  # not running, or shutting down
             return None
 
     def update(self) -> None:
