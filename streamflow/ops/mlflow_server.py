@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     from mlflow.cli import cli
 
     mlflow.server._exec_cmd = _exec_in_place
-    # Its job runner (GenAI scorers, unused here) would be started by the process the exec replaces.
+    # MLflow 3 otherwise prepares job-queue workers (GenAI scorers, each a full MLflow import)
+    # for work this project never submits; the one place both stacks start the server from.
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     cli(["server", *(sys.argv[1:] if argv is None else argv)], prog_name="mlflow")
 

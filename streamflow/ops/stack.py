@@ -136,9 +136,6 @@ class Stack:
                 "DAGSTER_HOME": str(self.dagster_home),
             }
         )
-        # MLflow 3's server otherwise starts seven job-queue workers (GenAI scorers), each a full
-        # MLflow import, for work this project never submits.
-        env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         # A launch asks the code server to start the run's process and waits until that process
         # has imported the code location: minutes, not Dagster's default minute, on a busy
         # two-core machine (a backfill's run then failed with DagsterUserCodeUnreachableError).
