@@ -7,7 +7,8 @@ fresh data dir:
 - `postgres`, `cluster`: throwaway PostgreSQL databases (data, MLflow, Dagster), and the
   profile's native stack as `make stack` runs it (`python -m streamflow.ops.stack up`, under
   supervisord: MLflow with its Postgres backend and served artifacts, the Dagster webserver and
-  daemon, the API, and under `cluster` two celery workers on dagster-celery's tasks)
+  daemon, the API, and under `cluster` a celery worker of two pool processes on dagster-celery's
+  tasks)
   on free ports; `cluster` also gets a RabbitMQ vhost and a Redis database of its own.
   The idle stack is sampled for `--idle-seconds` before any data.
 
@@ -542,8 +543,8 @@ def report(
         "",
         "What is measured: `local` starts nothing; `postgres` and `cluster` start the profile's "
         "native stack (`python -m streamflow.ops.stack up`, as `make stack`) on their own "
-        "ports and throwaway databases (`cluster`: a RabbitMQ vhost, a Redis db and two "
-        "celery workers of its own). RSS is sampled every "
+        "ports and throwaway databases (`cluster`: a RabbitMQ vhost, a Redis db and a "
+        "celery worker of its own, two pool processes). RSS is sampled every "
         f"{interval:g} s for every process of the stack "
         "(supervisord and each program's process tree) and of the run (`streamflow pipeline` "
         "and its children). *Together* is the stack and the run at one sample. PostgreSQL "

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from streamflow.ops.stack import (  # noqa: E402
-    WORKERS,
+    WORKER,
     StackSettings,
     Supervisor,
     build_stack,
@@ -149,7 +149,7 @@ def worker_pools(supervisor: Supervisor) -> dict[str, list[psutil.Process]]:
     process (`celery -A streamflow_assets.celery_app worker`)."""
     pools = {}
     for name, pid in supervisor.running().items():
-        if name in WORKERS:
+        if name == WORKER:
             with contextlib.suppress(psutil.Error):
                 pools[name] = psutil.Process(pid).children()
     return pools

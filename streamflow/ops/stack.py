@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 import tenacity
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from supervisor.xmlrpc import SupervisorTransport
 
@@ -36,9 +36,9 @@ from streamflow.settings import REPO_ROOT, Settings, get_settings
 
 # Every service binds to loopback: the native stack is for one user on one machine.
 HOST = "127.0.0.1"
-WORKERS = ("celery-worker-1", "celery-worker-2")
+WORKER = "celery-worker"
 CODE_SERVER = "dagster-code"
-SERVICES = ("mlflow", CODE_SERVER, "dagster-webserver", "dagster-daemon", *WORKERS, "api")
+SERVICES = ("mlflow", CODE_SERVER, "dagster-webserver", "dagster-daemon", WORKER, "api")
 # The code location's name in the workspace (the UI's /locations/streamflow/...).
 LOCATION = "streamflow"
 # How .ci/run starts the machine's own servers when they are down (both are system services that
@@ -68,6 +68,10 @@ class StackSettings(BaseSettings):
     # One uvicorn worker serves a one-user stack (MLflow's app runs requests in threads); each
     # more is another full MLflow import (about 270 MB) besides the `mlflow server` process.
     mlflow_workers: int = 1
+    # The cluster profile's one celery worker on this machine, its pool a process per step at a
+    # time (celery's advice: a worker per host, as many pool processes as cores). Two workers of
+    # one process each held 192 MB idle apiece; one worker of two held 281 MB.
+    worker_concurrency: int = Field(default=2, ge=1)
     start_timeout_seconds: float = 180.0
     stop_timeout_seconds: float = 60.0
 
@@ -207,11 +211,12 @@ class Stack:
         ]
 
     def workers(self) -> list[Service]:
-        """The cluster profile's celery workers (`streamflow celery-worker`, celery's worker)."""
+        """The cluster profile's celery worker (`streamflow celery-worker`, celery's worker)."""
         if self.settings.profile != "cluster":
             return []
-        command = [str(Path(sys.executable).parent / "streamflow"), "celery-worker", "--name"]
-        return [Service(name, [*command, name], None) for name in WORKERS]
+        command = [str(Path(sys.executable).parent / "streamflow"), "celery-worker"]
+        options = ["--name", WORKER, "--concurrency", str(self.stack.worker_concurrency)]
+        return [Service(WORKER, [*command, *options], None)]
 
 
 def dsn(settings: Settings, database: str) -> str:

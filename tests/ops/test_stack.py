@@ -19,6 +19,7 @@ import yaml
 from streamflow.ops.dagster_home import dagster_postgres_env, use_dagster_home
 from streamflow.ops.stack import (
     CODE_SERVER,
+    WORKER,
     Service,
     Stack,
     StackSettings,
@@ -278,3 +279,13 @@ def test_down_stops_what_a_program_left_in_its_process_group(stack: Stack, tmp_p
             time.sleep(0.1)
     finally:
         processes.shutdown()
+
+
+def test_the_cluster_stack_runs_one_worker_with_a_pool_process_per_core(tmp_path: Path) -> None:
+    """One celery worker per host, `worker_concurrency` steps at a time: two workers of one pool
+    process each held 100 MB more idle than one of two (bench/reports/scale_1m3.md)."""
+    settings = Settings(data_dir=tmp_path / "data", profile="cluster")
+    (worker,) = Stack(settings, StackSettings(worker_concurrency=3)).workers()
+    assert worker.name == WORKER
+    assert worker.command[-4:] == ["--name", WORKER, "--concurrency", "3"]
+    assert Stack(Settings(data_dir=tmp_path / "data"), StackSettings()).workers() == []
