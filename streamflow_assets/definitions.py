@@ -15,6 +15,7 @@ from streamflow_assets.freshness.checks import (
     freshness_checks_job,
     freshness_sensors,
 )
+from streamflow_assets.freshness.policy import held_monthly
 from streamflow_assets.ingestion.assets import (
     monthly_snapshots,
     new_seed_month_sensor,
@@ -31,10 +32,10 @@ def build_definitions(settings: Settings) -> Definitions:
         assets=[
             monthly_snapshots,
             feature_registry,
-            online_features,
+            held_monthly(online_features, settings),
             training_dataset,
             churn_model,
-            production_model,
+            held_monthly(production_model, settings),
             *monitoring_assets,
         ],
         asset_checks=[

@@ -26,7 +26,6 @@ from streamflow.domain.features import (
     UsersFingerprint,
     with_stored_dtypes,
 )
-from streamflow_assets.freshness.policy import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import FeatureStoreResource, LimitsResource, SnapshotsResource
 
@@ -62,7 +61,6 @@ def feature_registry(feature_store: FeatureStoreResource) -> MaterializeResult:
     kinds={"feast"},
     partitions_def=monthly_partitions,
     deps=[feature_registry, *_FEATURE_TABLES],
-    freshness_policy=monthly_freshness_policy(),
 )
 def online_features(
     context: AssetExecutionContext,

@@ -2,14 +2,14 @@
 
 from datetime import timedelta
 
-from dagster import FreshnessPolicy
+from dagster import AssetsDefinition, FreshnessPolicy
 
 # Private, kept on purpose (Dagster 1.13.27): FreshnessPolicy.cron validates its lower bound
 # against this very function and Dagster exports no public equivalent; using it keeps the clamp
 # below identical to Dagster's own rule for any deadline a deployment configures.
 from dagster._utils.schedules import get_smallest_cron_interval
 
-from streamflow.settings import Settings, get_settings
+from streamflow.settings import Settings
 
 # Dagster judges a cron policy by the asset's last materialization, of any partition: at each
 # deadline tick T it is fresh when it materialized after T - lower_bound_delta. The previous
@@ -22,12 +22,16 @@ from streamflow.settings import Settings, get_settings
 MONTH_WINDOW = timedelta(days=28)
 
 
-def monthly_freshness_policy(settings: Settings | None = None) -> FreshnessPolicy:
-    """The previous month materialized by `STREAMFLOW_FRESHNESS_DEADLINE_CRON` (UTC).
-
-    Attach it to every asset that must hold last month by the deadline (`online_features`,
-    `production_model`): `@asset(freshness_policy=monthly_freshness_policy())`.
-    """
-    cron = (settings or get_settings()).freshness_deadline_cron
+def monthly_freshness_policy(settings: Settings) -> FreshnessPolicy:
+    """The previous month materialized by `STREAMFLOW_FRESHNESS_DEADLINE_CRON` (UTC)."""
+    cron = settings.freshness_deadline_cron
     window = min(MONTH_WINDOW, get_smallest_cron_interval(cron, "UTC"))
     return FreshnessPolicy.cron(deadline_cron=cron, lower_bound_delta=window, timezone="UTC")
+
+
+def held_monthly(asset: AssetsDefinition, settings: Settings) -> AssetsDefinition:
+    """`asset` with the monthly freshness policy of `settings`: for every asset that must hold
+    last month by the deadline (`online_features`, `production_model`), given to it where the
+    definitions are built from the settings."""
+    policy = monthly_freshness_policy(settings)
+    return asset.map_asset_specs(lambda spec: spec.replace_attributes(freshness_policy=policy))

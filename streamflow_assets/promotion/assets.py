@@ -20,7 +20,6 @@ from streamflow.domain.training import (
     split,
 )
 from streamflow_assets.features.assets import TRAINING_TABLE
-from streamflow_assets.freshness.policy import monthly_freshness_policy
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import (
     LimitsResource,
@@ -69,7 +68,6 @@ def _auc(y: np.ndarray, probability: np.ndarray) -> float:
     kinds={"mlflow"},
     partitions_def=monthly_partitions,
     deps=[churn_model],
-    freshness_policy=monthly_freshness_policy(),
     pool=PROMOTION_POOL,
 )
 def production_model(

@@ -66,7 +66,7 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
     return {
         "seeds": SeedsResource(seeds_dir=str(settings.seeds_dir)),
         "snapshots": snapshots,
-        "feature_store": FeatureStoreResource(feature_repo=str(settings.feature_repo)),
+        "feature_store": FeatureStoreResource.of(settings),
         "mlflow": MlflowTracking(
             tracking_uri=settings.tracking_uri,
             artifact_location=settings.mlflow_artifact_location,

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from dagster import AssetKey, DefaultSensorStatus
 
+from streamflow.settings import Settings
 from streamflow_assets.definitions import build_definitions
 from streamflow_assets.freshness.policy import MONTH_WINDOW, monthly_freshness_policy
 
@@ -36,3 +37,11 @@ def test_the_deadline_comes_from_settings_and_the_window_fits_it(
     settings = settings_for(tmp_path, tmp_path, freshness_deadline_cron=cron)
     policy = monthly_freshness_policy(settings)
     assert (policy.deadline_cron, policy.lower_bound_delta) == (cron, window)
+
+
+def test_the_policy_is_given_by_the_settings_the_definitions_are_built_from(tmp_path) -> None:
+    """Not read from the environment when the asset modules are imported."""
+    settings = Settings(data_dir=tmp_path, seeds_dir=tmp_path, freshness_deadline_cron="0 7 3 * *")
+    graph = build_definitions(settings).resolve_asset_graph()
+    for asset in ("online_features", "production_model"):
+        assert graph.get(AssetKey(asset)).freshness_policy.deadline_cron == "0 7 3 * *"
