@@ -357,4 +357,9 @@ def _screenshot(page: Page, name: str) -> None:
     target = os.environ.get("STREAMFLOW_SCREENSHOTS_DIR")
     if target:
         page.wait_for_load_state("networkidle")
+        # The UI's one-time "Join the Dagster community" dialog covers the page it opens over.
+        skip = page.get_by_role("button", name="Skip", exact=True)
+        if skip.is_visible():
+            skip.click()
+            expect(skip).to_be_hidden()
         page.screenshot(path=Path(target) / f"{name}.png")
