@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -102,10 +103,21 @@ def test_every_count_stated_is_the_definitions(path: Path, defs) -> None:
         "sensors": counts.sensors,
         "automations": counts.automations,
     }
+    text = path.read_text()
     wrong = [
         f"{number} {noun} (the definitions have {actual[noun]})"
-        for number, noun in COUNT.findall(path.read_text())
+        for number, noun in COUNT.findall(text)
         if _number(number) != actual[noun]
+    ]
+    # A group's own count: "the six snapshot assets" (ingestion), "the three monitoring assets".
+    graph = defs.resolve_asset_graph()
+    groups = Counter(graph.get(key).group_name for key in graph.get_all_asset_keys())
+    groups["snapshot"] = groups["ingestion"]
+    group_count = re.compile(rf"\b(\d+|{'|'.join(NUMBERS)}) ({'|'.join(groups)}) assets\b")
+    wrong += [
+        f"{number} {group} assets (the definitions have {groups[group]})"
+        for number, group in group_count.findall(text)
+        if _number(number) != groups[group]
     ]
     assert not wrong, wrong
 
@@ -228,3 +240,17 @@ def test_the_http_reference_lists_every_route_and_its_statuses() -> None:
         for route, statuses in routes.items()
     }
     assert not any(missing.values()), missing
+
+
+def test_the_benchmarks_page_names_every_report_and_every_script_named_exists() -> None:
+    page = (REPO_ROOT / "docs" / "benchmarks.md").read_text()
+    reports = {_relative(path) for path in (REPO_ROOT / "bench" / "reports").glob("*.md")}
+    assert reports <= set(re.findall(r"`(bench/reports/[\w.]+\.md)`", page)), reports
+    named = {
+        name
+        for path in DOCUMENTS
+        for name in re.findall(r"\b(bench/[\w/]+\.(?:py|md))\b", path.read_text())
+    }
+    assert all((REPO_ROOT / name).is_file() for name in named), {
+        name for name in named if not (REPO_ROOT / name).is_file()
+    }
