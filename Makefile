@@ -9,7 +9,7 @@ SF := .venv/bin/streamflow
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := .venv
 
-.PHONY: install demo serve test lint format pipeline dev mlflow stack stack-down
+.PHONY: install demo serve test lint format docs pipeline dev mlflow stack stack-down
 
 install: .venv/.installed
 
@@ -49,6 +49,11 @@ lint: install
 
 format: install
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+# The documentation site (MkDocs Material) into site/; any warning fails the build (Material's
+# notice about its successor is not one).
+docs: install
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
 
 # The docker compose services started natively (PostgreSQL, MLflow, Dagster webserver + daemon,
 # API; with PROFILE=cluster also RabbitMQ, Redis and two celery workers) under supervisord; its

@@ -200,13 +200,16 @@ def _alert(state: str, metadata: dict, freshness: FreshnessResource) -> Alert:
     )
 
 
-@sensor(minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
+@sensor(
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="One alert when the online store freshness check starts failing, one when it "
+    "recovers.",
+)
 def freshness_alert_sensor(
     context: SensorEvaluationContext, alerts: AlertSinkResource, freshness: FreshnessResource
 ) -> SensorResult:
-    """One alert when the online store freshness check starts failing, one when it recovers.
-
-    The cursor holds what people were last told; an alert that could not be delivered leaves
+    """The cursor holds what people were last told; an alert that could not be delivered leaves
     it unchanged, so the next evaluation tries again instead of losing the news.
     """
     cursor = AlertCursor.parse(context.cursor)

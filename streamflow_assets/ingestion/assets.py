@@ -195,9 +195,12 @@ def _bullets(problems) -> str:
     return "\n".join(f"- {p}" for p in problems) or "none"
 
 
-@sensor(job_name=MONTHLY_PIPELINE, minimum_interval_seconds=60)
+@sensor(
+    job_name=MONTHLY_PIPELINE,
+    minimum_interval_seconds=60,
+    description="Requests a month's partition as soon as its `month_NNN/` seeds folder appears.",
+)
 def new_seed_month_sensor(context: SensorEvaluationContext, seeds: SeedsResource):
-    """Requests a month's partition as soon as its `month_NNN/` seeds folder appears."""
     ingested = context.instance.get_materialized_partitions(AssetKey(USERS.snapshot))
     valid = set(monthly_partitions.get_partition_keys())
     new = [key for key in seeds.months() if key not in ingested and key in valid]

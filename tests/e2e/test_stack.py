@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Page, expect
 
 from streamflow.ops.stack import CODE_SERVER, Supervisor, create_databases, drop_databases
 from streamflow.settings import Settings
@@ -220,6 +220,7 @@ def backfill(native_stack: NativeStack) -> dict:
         if state.get("status") in TERMINAL or time.monotonic() > deadline:
             break
         time.sleep(5)
+    state["id"] = backfill_id
     state["seconds"] = round(time.monotonic() - started)
     state["failures"] = [
         event
@@ -328,10 +329,37 @@ def test_the_dagster_ui_shows_the_assets_and_their_materialized_partitions(
     with chromium(tmp_path / "dagster-ui.png") as page:
         body = page.locator("body")
         page.goto(f"{ui}/asset-groups")
-        for group in ("ingestion", "features", "training"):
+        for group in ("ingestion", "features", "training", "monitoring"):
             expect(body).to_contain_text(group, timeout=90_000)
+        _screenshot(page, "lineage")
         page.goto(f"{ui}/locations/streamflow/asset-groups/features")
         for asset in ("feature_registry", "online_features", "training_dataset"):
             expect(body).to_contain_text(asset, timeout=90_000)
+        _screenshot(page, "features-group")
         page.goto(f"{ui}/assets/online_features?view=partitions")
         expect(body).to_contain_text(f"Materialized ({len(MONTHS)})", timeout=90_000)
+        _screenshot(page, "online-features-partitions")
+        page.goto(f"{ui}/assets/online_features?view=checks")
+        expect(body).to_contain_text("online_store_freshness", timeout=90_000)
+        _screenshot(page, "online-features-checks")
+        page.goto(f"{ui}/runs/b/{backfill['id']}")
+        expect(body).to_contain_text(backfill["id"], timeout=90_000)
+        _screenshot(page, "backfill")
+        page.goto(f"{ui}/automation")
+        for automation in ("freshness_alert_sensor", "new_seed_month_sensor"):
+            expect(body).to_contain_text(automation, timeout=90_000)
+        _screenshot(page, "automation")
+
+
+def _screenshot(page: Page, name: str) -> None:
+    """The page as the tutorial shows it, saved when STREAMFLOW_SCREENSHOTS_DIR is set (to
+    docs/tutorial/img to refresh the tutorial's pictures: see docs/tutorial/ui.md)."""
+    target = os.environ.get("STREAMFLOW_SCREENSHOTS_DIR")
+    if target:
+        page.wait_for_load_state("networkidle")
+        # The UI's one-time "Join the Dagster community" dialog covers the page it opens over.
+        skip = page.get_by_role("button", name="Skip", exact=True)
+        if skip.is_visible():
+            skip.click()
+            expect(skip).to_be_hidden()
+        page.screenshot(path=Path(target) / f"{name}.png")
