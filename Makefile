@@ -41,8 +41,11 @@ dev: install
 mlflow: install
 	.venv/bin/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///$$(realpath $${STREAMFLOW_DATA_DIR:-var})/mlflow/mlflow.db
 
+# Two xdist workers, a test file each at a time (its module fixtures built once), the slowest
+# files first (tests/conftest.py). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 test: install
-	.venv/bin/pytest
+	.venv/bin/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
 	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/lint-imports

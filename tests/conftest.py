@@ -27,6 +27,32 @@ REAL_SEEDS = (Path(__file__).resolve().parents[1] / ".." / "shared" / "seeds").r
 REAL_MONTHS = ("month_000", "month_001")
 
 
+# The slowest files (the --durations that .ci/run prints), started first: `make test` runs files
+# on two xdist workers (`--dist loadfile`, in collection order), and the long ones started last
+# would leave one worker idle at the end while the other finishes them.
+SLOWEST_FIRST = (
+    "tests/e2e/test_cluster.py",
+    "tests/e2e/test_stack.py",
+    "tests/code_location/test_model.py",
+    "tests/code_location/test_features.py",
+    "tests/test_pipeline_faults.py",
+    "tests/serving/test_outages.py",
+    "tests/test_pipeline_outage.py",
+    "tests/monitoring/test_monitoring_loop.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`SLOWEST_FIRST` before the rest; each file's tests keep their order (module fixtures)."""
+    rank = {path: index for index, path in enumerate(SLOWEST_FIRST)}
+
+    def file_rank(item: pytest.Item) -> int:
+        path = Path(str(item.path)).relative_to(REPO_ROOT).as_posix()
+        return rank.get(path, len(rank))
+
+    items.sort(key=file_rank)
+
+
 def child_env(**variables: str) -> dict[str, str]:
     """The environment of a child process: this one's without a developer's STREAMFLOW_* and
     DAGSTER_* and without the multiprocess directory `feast.metrics` set, plus `variables`."""
