@@ -1,0 +1,84 @@
+"""What was served, on the real seeds: traffic for February's users through a real server with
+the challenger in shadow, then `served_predictions` for 2024-02 and `streamflow monitor --json`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+from dagster import AssetKey, DagsterInstance
+from mlflow.tracking import MlflowClient
+
+from streamflow.adapters.registry import CHALLENGER_URI, MODEL_NAME
+from streamflow.domain.promotion import CHALLENGER_ALIAS
+from tests.serving.conftest import STREAMFLOW, clean_env, serve, serving_settings
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+
+def test_served_predictions_report_each_version_and_the_challenger(
+    pipeline_data_dir: Path, latest_user_ids: list[str], tmp_path: Path
+) -> None:
+    from streamflow_assets.definitions import build_definitions
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(pipeline_data_dir, data_dir, ignore=shutil.ignore_patterns("serving"))
+    settings = serving_settings(data_dir)
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    # January's model as the challenger (promotion gives the alias to a rival it keeps out).
+    client.set_registered_model_alias(MODEL_NAME, CHALLENGER_ALIAS, "1")
+
+    api, url = serve(
+        data_dir,
+        tmp_path / "api.log",
+        shadow_model_uri=CHALLENGER_URI,
+        shadow_fraction=0.5,
+        prediction_log_flush_seconds=0.2,
+    )
+    try:
+        api.wait_for(f"{url}/ready", 200)
+        users = latest_user_ids[:1500]
+        for start in range(0, len(users), 500):
+            answer = httpx.post(
+                f"{url}/predict/batch", json={"user_ids": users[start : start + 500]}, timeout=30
+            )
+            assert answer.status_code == 200, answer.text
+        for user_id in users[:100]:
+            assert httpx.post(f"{url}/predict", json={"user_id": user_id}).status_code == 200
+    finally:
+        api.stop()
+
+    with DagsterInstance.from_config(str(data_dir / "dagster")) as instance:
+        job = build_definitions(settings).resolve_job_def("monthly_pipeline")
+        result = job.execute_in_process(
+            partition_key="2024-02",
+            instance=instance,
+            asset_selection=[AssetKey("served_predictions")],
+        )
+        assert result.success
+        (materialization,) = result.asset_materializations_for_node("served_predictions")
+    facts = {k: v.value for k, v in materialization.metadata.items()}
+    assert (facts["status"], facts["count"], facts["requests"]) == ("measured", 1600, 103)
+    assert facts["served_version"] == "2" and 0.75 < facts["served_auc"] < 1
+    assert facts["shadow_versions"] == "1" and 0.75 < facts["shadow_auc"] < 1
+    assert 0.8 < facts["shadow_agreement"] < 1
+    # The API and batch_scores serve the same champion on the same features: they agree.
+    assert facts["batch_agreement"] == 1.0
+
+    printed = subprocess.run(
+        [str(STREAMFLOW), "monitor", "--json", "--partition", "2024-02"],
+        env=clean_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    served = json.loads(printed.stdout)["served"]
+    assert served["count"] == 1600
+    assert set(served["auc"]) == {"2"}
+    assert served["auc"]["2"] == pytest.approx(facts["served_auc"], abs=1e-6)
+    assert served["shadow_agreement"] == pytest.approx(facts["shadow_agreement"], abs=1e-6)
+    assert served["shadow_auc"] == pytest.approx(facts["shadow_auc"], abs=1e-6)
