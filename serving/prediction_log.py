@@ -104,13 +104,12 @@ class PredictionLogger:
     def _run(self) -> None:
         while True:
             self._purge_when_due()
-            # A batch goes out when it is full or when `flush_seconds` have passed.
-            if not self._stop.is_set() and len(self._queue) < self.batch_size:
-                self._stop.wait(self.flush_seconds)
-            batch = self._take()
-            if batch:
+            # Every `flush_seconds` (at once on shutdown) everything queued is written, in
+            # batches of at most `batch_size` (one transaction each).
+            stopping = self._stop.wait(self.flush_seconds)
+            while batch := self._take():
                 self._write(batch)
-            elif self._stop.is_set():
+            if stopping:
                 return
 
     def _take(self) -> list[Entry]:

@@ -225,9 +225,9 @@ class ServingSettings(Settings):
     # The prediction log: every answer, written in batches off the request path to the profile's
     # store (local: data_dir/serving/predictions.sqlite; postgres, cluster: table
     # prediction_log). At most `prediction_log_queue_size` answers wait in memory (a full queue
-    # drops and counts); a batch is written when it holds `prediction_log_batch_size` answers or
-    # `prediction_log_flush_seconds` have passed. Rows older than the retention are deleted (no
-    # retention: kept forever); the features themselves are kept only when asked.
+    # drops and counts); every `prediction_log_flush_seconds` what is queued is written, in
+    # transactions of at most `prediction_log_batch_size` answers. Rows older than the retention
+    # are deleted (no retention: kept forever); the features themselves are kept only when asked.
     prediction_log: bool = True
     prediction_log_queue_size: int = Field(default=20_000, ge=1)
     prediction_log_batch_size: int = Field(default=2_000, ge=1)
