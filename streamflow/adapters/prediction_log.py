@@ -100,10 +100,15 @@ class SqlitePredictionLog:
 
     def write(self, rows: Sequence[LoggedPrediction]) -> None:
         placeholders = ", ".join("?" * len(COLUMNS))
+        # A month's answers share a few feature times: each is formatted once.
+        as_of_text = {t: t and t.isoformat() for t in {row.features_as_of for row in rows}}
         values = [
-            row._replace(
-                served_at=row.served_at.isoformat(),
-                features_as_of=row.features_as_of and row.features_as_of.isoformat(),
+            (
+                row.request_id,
+                row.served_at.isoformat(),
+                *row[2:7],
+                as_of_text[row.features_as_of],
+                *row[8:],
             )
             for row in rows
         ]
