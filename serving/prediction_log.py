@@ -128,18 +128,22 @@ class PredictionLogger:
             log.exception("prediction log: %d entries could not be prepared", len(batch))
             self.metrics.log_dropped.inc(len(batch))
             return
-        wait = _RETRY_SECONDS
+        wait, last_try = _RETRY_SECONDS, False
         while True:
             try:
                 self.store.write(rows)
             except PredictionLogUnavailable as error:
                 self.metrics.log_write_errors.inc()
                 self.metrics.log_store_up.set(0)
+                if last_try:
+                    left = len(rows) + len(self._queue)
+                    self._queue.clear()
+                    self.metrics.log_dropped.inc(left)
+                    log.error("prediction log store down at shutdown: %d entries dropped", left)
+                    return
                 log.warning("prediction log store unavailable, holding %d: %s", len(rows), error)
                 # On shutdown the store gets one more try, not an outage's worth of them.
-                if self._stop.wait(wait) and wait > _RETRY_SECONDS:
-                    self.metrics.log_dropped.inc(len(rows))
-                    return
+                last_try = self._stop.wait(wait)
                 wait = min(wait * 2, _RETRY_MAX_SECONDS)
                 continue
             except Exception:
