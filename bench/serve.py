@@ -503,6 +503,10 @@ def main() -> None:
             }
             logged = start(stack, ours_command(logged_port), logged_env)
             wait_until(f"http://127.0.0.1:{logged_port}/ready", logged)
+            args.logged_before = log_rows(Path(logged_env[DATA_DIR]))
+            args.logged_before_shadowed = log_rows(
+                Path(logged_env[DATA_DIR]), "shadow_probability IS NOT NULL"
+            )
             logged_cases = [("local", LOGGED, logged_port, "/predict", users, logged.pid)]
         if "local" in envs and args.textbook_requests > 0:
             textbook_port = free_port()
@@ -583,6 +587,22 @@ def main() -> None:
 DATA_DIR = "STREAMFLOW_DATA_DIR"
 
 
+def log_rows(data_dir: Path, where: str = "true") -> int:
+    """Rows in the local prediction log under `data_dir` (0 before the first write)."""
+    import sqlite3
+
+    path = data_dir / "serving" / "predictions.sqlite"
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        exists = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'prediction_log'"
+        ).fetchone()[0]
+        if not exists:
+            return 0
+        return conn.execute(f"SELECT count(*) FROM prediction_log WHERE {where}").fetchone()[0]
+
+
 def soak(
     rows: list[dict],
     args: argparse.Namespace,
@@ -593,11 +613,6 @@ def soak(
 ) -> dict:
     """`--log-soak-seconds` of /predict at c=32 against the logging server, then SIGTERM: how
     many answers it gave in the whole run, and how many rows its prediction log holds."""
-    import sqlite3
-
-    log = data_dir / "serving" / "predictions.sqlite"
-    with sqlite3.connect(log) as conn:
-        before = conn.execute("SELECT count(*) FROM prediction_log").fetchone()[0]
     rps = max((r["rps"] for r in rows if r["case"] == LOGGED), default=1000.0)
     requests = int(rps * args.log_soak_seconds)
     started = time.perf_counter()
@@ -614,11 +629,8 @@ def soak(
     rss = memory_mb(server.pid)[0]
     os.killpg(server.pid, signal.SIGTERM)
     server.wait(timeout=60)
-    with sqlite3.connect(log) as conn:
-        after = conn.execute("SELECT count(*) FROM prediction_log").fetchone()[0]
-        shadowed = conn.execute(
-            "SELECT count(*) FROM prediction_log WHERE shadow_probability IS NOT NULL"
-        ).fetchone()[0]
+    after = log_rows(data_dir)
+    shadowed = log_rows(data_dir, "shadow_probability IS NOT NULL") - args.logged_before_shadowed
     figures = {
         "seconds": seconds,
         "requests": requests,
@@ -626,7 +638,7 @@ def soak(
         "p99": result["p99"],
         "rps": result["rps"],
         "answered": answered,
-        "rows": after - before,
+        "rows": after - args.logged_before,
         "shadowed": shadowed,
         "dropped": dropped,
         "rss": rss,

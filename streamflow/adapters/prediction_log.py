@@ -27,7 +27,8 @@ class LoggedPrediction(NamedTuple):
     """One answered prediction (a batch request gives one per user, under one request id)."""
 
     request_id: str
-    served_at: datetime
+    # Unix time (seconds): what the API takes per request at no cost; stored as the store's time.
+    served_at: float
     user_id: str
     model_name: str
     model_version: str
@@ -64,24 +65,23 @@ def encode_features(features: dict[str, object]) -> str:
     return json.dumps(features, separators=(",", ":"))
 
 
-def _frame(records: list[tuple], utc_columns: Sequence[str]) -> pd.DataFrame:
+def _frame(records: list[tuple]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(records, columns=list(COLUMNS))
-    for column in utc_columns:
-        frame[column] = pd.to_datetime(frame[column], utc=True, format="ISO8601")
     return frame.astype({"stale": bool, "prediction": "int64", "probability": "float64"})
 
 
 class SqlitePredictionLog:
-    """A SQLite file; times stored as ISO-8601 UTC text, which sorts as the times do."""
+    """A SQLite file: `served_at` as Unix seconds, `features_as_of` as ISO-8601 UTC text (which
+    sorts as the times do). No index on `features_as_of`: a month is read once a month, and every
+    index costs each of the thousands of inserts a second."""
 
     _SCHEMA = f"""
         CREATE TABLE IF NOT EXISTS {TABLE} (
-            request_id TEXT NOT NULL, served_at TEXT NOT NULL, user_id TEXT NOT NULL,
+            request_id TEXT NOT NULL, served_at REAL NOT NULL, user_id TEXT NOT NULL,
             model_name TEXT NOT NULL, model_version TEXT NOT NULL, probability REAL NOT NULL,
             prediction INTEGER NOT NULL, features_as_of TEXT, stale INTEGER NOT NULL,
             shadow_version TEXT, shadow_probability REAL, features TEXT
         );
-        CREATE INDEX IF NOT EXISTS {TABLE}_features_as_of ON {TABLE} (features_as_of);
         CREATE INDEX IF NOT EXISTS {TABLE}_served_at ON {TABLE} (served_at);
     """
 
@@ -102,16 +102,7 @@ class SqlitePredictionLog:
         placeholders = ", ".join("?" * len(COLUMNS))
         # A month's answers share a few feature times: each is formatted once.
         as_of_text = {t: t and t.isoformat() for t in {row.features_as_of for row in rows}}
-        values = [
-            (
-                row.request_id,
-                row.served_at.isoformat(),
-                *row[2:7],
-                as_of_text[row.features_as_of],
-                *row[8:],
-            )
-            for row in rows
-        ]
+        values = [(*row[:7], as_of_text[row.features_as_of], *row[8:]) for row in rows]
         conn = self._connect()
         try:
             with conn:
@@ -123,7 +114,7 @@ class SqlitePredictionLog:
 
     def read(self, first_day: date, last_day: date) -> pd.DataFrame:
         if not self.path.exists():
-            return _frame([], ("served_at", "features_as_of"))
+            return _frame([])
         conn = self._connect()
         try:
             records = conn.execute(
@@ -133,7 +124,11 @@ class SqlitePredictionLog:
             ).fetchall()
         finally:
             conn.close()
-        return _frame(records, ("served_at", "features_as_of"))
+        frame = _frame(records)
+        frame["served_at"] = pd.to_datetime(frame["served_at"], unit="s", utc=True)
+        as_of = frame["features_as_of"]
+        frame["features_as_of"] = pd.to_datetime(as_of, utc=True, format="ISO8601")
+        return frame
 
     def purge(self, before: datetime) -> int:
         conn = self._connect()
@@ -141,7 +136,7 @@ class SqlitePredictionLog:
             with conn:
                 cursor = conn.execute(
                     f"DELETE FROM {TABLE} WHERE served_at < ?",
-                    (before.astimezone(UTC).isoformat(),),
+                    (before.timestamp(),),
                 )
             return cursor.rowcount
         except (sqlite3.OperationalError, OSError) as error:
@@ -193,7 +188,7 @@ class PostgresPredictionLog:
             copy_sql = f"COPY {TABLE} ({', '.join(COLUMNS)}) FROM STDIN"
             with conn.transaction(), conn.cursor() as cursor, cursor.copy(copy_sql) as copy:
                 for row in rows:
-                    copy.write_row(row)
+                    copy.write_row(row._replace(served_at=datetime.fromtimestamp(row[1], UTC)))
         except psycopg.OperationalError as error:
             self._discard()
             raise PredictionLogUnavailable(f"prediction log table {TABLE}: {error}") from error
@@ -202,13 +197,13 @@ class PostgresPredictionLog:
         with psycopg.connect(self.dsn, connect_timeout=self.connect_timeout_seconds) as conn:
             exists = conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0]
             if exists is None:
-                return _frame([], ())
+                return _frame([])
             records = conn.execute(
                 f"SELECT {', '.join(COLUMNS)} FROM {TABLE} "
                 "WHERE features_as_of >= %s AND features_as_of < %s::date + 1",
                 (first_day, last_day),
             ).fetchall()
-        frame = _frame([tuple(r) for r in records], ())
+        frame = _frame([tuple(r) for r in records])
         frame["features"] = frame["features"].map(
             lambda value: None if value is None else encode_features(value)
         )

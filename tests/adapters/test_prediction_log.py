@@ -28,7 +28,7 @@ JANUARY = datetime(2024, 1, 31, tzinfo=UTC)
 def logged(user_id: str, features_as_of: datetime, served_at: datetime = NOW, **changes):
     row = LoggedPrediction(
         request_id=f"r-{user_id}",
-        served_at=served_at,
+        served_at=served_at.timestamp(),
         user_id=user_id,
         model_name="streamflow_churn",
         model_version="2",
