@@ -141,6 +141,11 @@ def load(args: argparse.Namespace) -> None:
 
 HEALTH, PREDICT, TEXTBOOK = "GET /health (floor)", "POST /predict", "POST /predict textbook"
 LARGE = "POST /predict, large stores"
+LOGGED = "POST /predict, log + shadow"
+# The shadow of `--prediction-log`: the first month's version, which every pipeline registers.
+SHADOW_URI = "models:/streamflow_churn/1"
+SHADOW_FRACTION = 0.1
+LOG_RATIO_TARGET = 1.15
 PROFILES = ("local", "postgres", "cluster")
 # Bodies are a seeded sample of a month's users in random order (not its first rows): at a
 # million users, reads then land all over the store as a product's traffic would.
@@ -437,6 +442,14 @@ def main() -> None:
         help="stores the pipeline built from --large-seeds: /predict over them, in the same run",
     )
     parser.add_argument("--large-seeds", type=Path, help="the seeds of --large-data-dir")
+    parser.add_argument(
+        "--prediction-log",
+        action="store_true",
+        help="local: the server above with the prediction log off, and a second one with it on "
+        f"and the shadow at {SHADOW_FRACTION:.0%}, same cases interleaved; then "
+        "--log-soak-seconds at c=32 against the second, its log rows counted against its answers",
+    )
+    parser.add_argument("--log-soak-seconds", type=float, default=60.0)
     parser.add_argument("--report", type=Path, default=REPO_ROOT / "bench/reports/serve.md")
     parser.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -454,6 +467,8 @@ def main() -> None:
         parser.error("--large-data-dir and --large-seeds go together")
     if args.large_data_dir is not None and "local" not in args.profiles:
         parser.error("--large-data-dir is served by the local profile: add it to --profiles")
+    if args.prediction_log and "local" not in args.profiles:
+        parser.error("--prediction-log is measured on the local profile: add it to --profiles")
 
     # Terminated (a timeout, Ctrl-C): unwind, so that the servers stop and the throwaway
     # databases are dropped.
@@ -466,6 +481,9 @@ def main() -> None:
         else:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-serve-")))
             local_env, (users, args.users) = None, users_file(args.seeds, scratch / "users.txt")
+        if args.prediction_log:
+            logged_env = dict(local_env)
+            local_env = local_env | {"STREAMFLOW_PREDICTION_LOG": "false"}
         envs = server_profiles(stack, args, scratch, local_env)
         servers = {}
         for profile, env in envs.items():
@@ -476,8 +494,21 @@ def main() -> None:
             startup = time.perf_counter() - started
             servers[profile] = (port, process, startup, memory_mb(process.pid)[0])
             print(f"streamflow serve ({profile}) ready in {startup:.1f}s", flush=True)
-        textbook_cases, large_cases = [], []
-        if "local" in envs:
+        textbook_cases, large_cases, logged_cases = [], [], []
+        if args.prediction_log:
+            logged_port = free_port()
+            logged_env |= {
+                "STREAMFLOW_SHADOW_MODEL_URI": SHADOW_URI,
+                "STREAMFLOW_SHADOW_FRACTION": str(SHADOW_FRACTION),
+            }
+            logged = start(stack, ours_command(logged_port), logged_env)
+            wait_until(f"http://127.0.0.1:{logged_port}/ready", logged)
+            args.logged_before = log_rows(Path(logged_env[DATA_DIR]))
+            args.logged_before_shadowed = log_rows(
+                Path(logged_env[DATA_DIR]), "shadow_probability IS NOT NULL"
+            )
+            logged_cases = [("local", LOGGED, logged_port, "/predict", users, logged.pid)]
+        if "local" in envs and args.textbook_requests > 0:
             textbook_port = free_port()
             textbook = start(stack, textbook_command(textbook_port), local_env)
             wait_until(f"http://127.0.0.1:{textbook_port}/health", textbook)
@@ -504,7 +535,7 @@ def main() -> None:
                         )
                     ]
                     for profile, name, port, path, bodies, pid in (
-                        cases + textbook_cases + large_cases
+                        cases + logged_cases + textbook_cases + large_cases
                     ):
                         requests = args.textbook_requests if name == TEXTBOOK else args.requests
                         result = run_case(
@@ -544,11 +575,114 @@ def main() -> None:
                 f"{DISTINCT:,} distinct users",
                 flush=True,
             )
+        if logged_cases:
+            args.soak = soak(rows, args, logged, logged_port, users, Path(logged_env[DATA_DIR]))
         startups = {profile: (startup, rss) for profile, (_, _, startup, rss) in servers.items()}
         report = render(rows, args, startups, (load_before, os.getloadavg()[0]))
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(report)
         print(report)
+
+
+DATA_DIR = "STREAMFLOW_DATA_DIR"
+
+
+def log_rows(data_dir: Path, where: str = "true") -> int:
+    """Rows in the local prediction log under `data_dir` (0 before the first write)."""
+    import sqlite3
+
+    path = data_dir / "serving" / "predictions.sqlite"
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        exists = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'prediction_log'"
+        ).fetchone()[0]
+        if not exists:
+            return 0
+        return conn.execute(f"SELECT count(*) FROM prediction_log WHERE {where}").fetchone()[0]
+
+
+def soak(
+    rows: list[dict],
+    args: argparse.Namespace,
+    server: subprocess.Popen,
+    port: int,
+    users: Path,
+    data_dir: Path,
+) -> dict:
+    """`--log-soak-seconds` of /predict at c=32 against the logging server, then SIGTERM: how
+    many answers it gave in the whole run, and how many rows its prediction log holds."""
+    rps = max((r["rps"] for r in rows if r["case"] == LOGGED), default=1000.0)
+    requests = int(rps * args.log_soak_seconds)
+    started = time.perf_counter()
+    result = run_case("raw", port, "/predict", users, 32, args, server.pid, requests)
+    seconds = time.perf_counter() - started
+    sent = [r for r in rows if r["case"] == LOGGED] + [result | {"requests": requests}]
+    answered = sum((r.get("requests") or args.requests) + args.warmup - r["errors"] for r in sent)
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    dropped = next(
+        float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("streamflow_prediction_log_dropped_total ")
+    )
+    rss = memory_mb(server.pid)[0]
+    os.killpg(server.pid, signal.SIGTERM)
+    server.wait(timeout=60)
+    after = log_rows(data_dir)
+    shadowed = log_rows(data_dir, "shadow_probability IS NOT NULL") - args.logged_before_shadowed
+    figures = {
+        "seconds": seconds,
+        "requests": requests,
+        "p50": result["p50"],
+        "p99": result["p99"],
+        "rps": result["rps"],
+        "answered": answered,
+        "rows": after - args.logged_before,
+        "shadowed": shadowed,
+        "dropped": dropped,
+        "rss": rss,
+    }
+    print(f"prediction log soak: {figures}", flush=True)
+    return figures
+
+
+def log_lines(rows: list[dict], args: argparse.Namespace) -> list[str]:
+    """The server with the prediction log on and the shadow at 10 % against the same server
+    with neither, same run, cases interleaved (issue 24)."""
+    lines = [
+        "",
+        f"Prediction log (issue 24): `{LOGGED}` is a second local `streamflow serve` with the log "
+        f"on and the shadow ({SHADOW_URI}) at {SHADOW_FRACTION:.0%}; `{PREDICT}` (local) has "
+        "both off. Medians over the rounds:",
+        "",
+    ]
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "**missed**"
+
+    for client in args.clients:
+        for concurrency in args.concurrency:
+            off = figures(rows, client, "local", PREDICT, concurrency)
+            on = figures(rows, client, "local", LOGGED, concurrency)
+            p50, p99 = on["p50"] / off["p50"], on["p99"] / off["p99"]
+            lines.append(
+                f"- {client}, c={concurrency}: p50 {on['p50']:.2f} ms vs {off['p50']:.2f} "
+                f"({p50:.2f}x), p99 {on['p99']:.2f} vs {off['p99']:.2f} ({p99:.2f}x), "
+                f"target ≤ {LOG_RATIO_TARGET:g}x: {verdict(max(p50, p99) <= LOG_RATIO_TARGET)}"
+            )
+    rss = max(r["rss"] for r in rows if r["case"] == LOGGED)
+    soaked = args.soak
+    lines += [
+        f"- RSS of the logging server after load: {max(rss, soaked['rss']):.0f} MB (target < "
+        f"{RSS_TARGET_MB:g} MB): {verdict(max(rss, soaked['rss']) < RSS_TARGET_MB)}",
+        f"- {soaked['seconds']:.0f} s at c=32 ({soaked['requests']:,} requests, "
+        f"{soaked['rps']:,.0f} req/s, p50 {soaked['p50']:.2f} ms, p99 {soaked['p99']:.2f} ms), "
+        f"then SIGTERM: {soaked['answered']:,} answers given in the run, {soaked['rows']:,} log "
+        f"rows ({soaked['shadowed']:,} with the shadow's answer), {soaked['dropped']:.0f} "
+        f"dropped: {verdict(soaked['rows'] == soaked['answered'])}",
+    ]
+    return lines
 
 
 def machine() -> str:
@@ -708,13 +842,14 @@ def render(rows: list[dict], args: argparse.Namespace, startups: dict, load_avg)
     textbook = (
         "; `POST /predict textbook` is `bench/textbook_server.py` over the local stores (per "
         "request the Feast SDK read and the logged scikit-learn Pipeline through `mlflow.pyfunc`)"
-        if "local" in args.profiles
+        if "local" in args.profiles and args.textbook_requests > 0
         else ""
     )
     command = " ".join(
         ["python bench/serve.py", f"--profiles {','.join(args.profiles)}"]
         + [f"--rounds {args.rounds}"] * (args.rounds > 1)
         + [f"--concurrency {' '.join(map(str, args.concurrency))}"]
+        + ["--prediction-log"] * args.prediction_log
     )
     lines = [
         "# Serving benchmark",
@@ -777,7 +912,7 @@ def render(rows: list[dict], args: argparse.Namespace, startups: dict, load_avg)
             f"{max(r['rss'] for r in served):.0f} MB after load, peak "
             f"{max(r['peak'] for r in served):.0f} MB; ready {startup:.0f} s after launch."
         )
-    if "local" in args.profiles:
+    if "local" in args.profiles and args.textbook_requests > 0:
         for client in args.clients:
             for concurrency in args.concurrency:
                 ours = figures(rows, client, "local", PREDICT, concurrency)
@@ -790,6 +925,7 @@ def render(rows: list[dict], args: argparse.Namespace, startups: dict, load_avg)
         lines.append(f"- textbook server peak RSS {book_peak:.0f} MB")
     lines += [
         *(large_lines(args, rows) if args.large_data_dir else []),
+        *(log_lines(rows, args) if args.prediction_log else []),
         "",
         *verdicts(rows, args),
         *(

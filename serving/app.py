@@ -125,6 +125,8 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
         reason = state.not_ready_reason
         if reason:
             log.warning("starting not ready: %s", reason)
+        if state.prediction_log is not None:
+            state.prediction_log.start()
         poller = None
         if resolved.reload_interval_seconds > 0:
             poller = asyncio.create_task(_poll(state), name="streamflow-model-reload")
@@ -135,6 +137,9 @@ def create_app(settings: ServingSettings | None = None) -> FastAPI:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            if state.prediction_log is not None:
+                # Requests have ended: what they left is written before the process exits.
+                await asyncio.to_thread(state.prediction_log.close)
             gc.unfreeze()
 
     app = ChurnAPI(

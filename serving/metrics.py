@@ -110,6 +110,49 @@ class ServingMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.log_queue_depth = Gauge(
+            "streamflow_prediction_log_queue_depth",
+            "Answers waiting in memory for the prediction log's writer.",
+            registry=self.registry,
+        )
+        self.log_written = Counter(
+            "streamflow_prediction_log_written",
+            "Answers written to the prediction log.",
+            registry=self.registry,
+        )
+        self.log_dropped = Counter(
+            "streamflow_prediction_log_dropped",
+            "Answers never written to the prediction log: queue full, or store down at shutdown.",
+            registry=self.registry,
+        )
+        self.log_write_errors = Counter(
+            "streamflow_prediction_log_write_errors",
+            "Failed writes of a batch to the prediction log (a batch held through an outage "
+            "counts once per attempt).",
+            registry=self.registry,
+        )
+        self.log_store_up = Gauge(
+            "streamflow_prediction_log_store_up",
+            "1 when the last write to the prediction log store succeeded, 0 when it failed.",
+            registry=self.registry,
+        )
+        self.shadow_latency = Histogram(
+            "streamflow_shadow_duration_seconds",
+            "Time the shadow challenger took to score one batch of sampled answers (off the "
+            "request path).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.shadow_scored = Counter(
+            "streamflow_shadow_predictions",
+            "Answers the shadow challenger also scored.",
+            registry=self.registry,
+        )
+        self.shadow_errors = Counter(
+            "streamflow_shadow_errors",
+            "Batches the shadow challenger failed to score (logged without its answer).",
+            registry=self.registry,
+        )
         for reason in ("registry_unreachable", "load_failed"):
             self.reload_errors.labels(reason)
         for outcome in ("loaded", "failed"):

@@ -139,6 +139,8 @@ class ReloadStatus:
     last_error: str | None = None
     # The newest version the URI points at, when it failed to load and an older one serves.
     failed_version: str | None = None
+    # The version the URI pointed at on the last poll that reached the registry (None: none).
+    points_at: str | None = None
     reloads: int = 0
     failures: int = 0
 
@@ -184,8 +186,10 @@ class ModelManager:
                 registry_reachable=True,
                 last_poll_at=now,
                 last_error=f"{self.uri.uri} points at no version",
+                points_at=None,
             )
             return None
+        self._set(points_at=str(target.version))
         if self.current is not None and str(target.version) == self.current.version:
             self._set(
                 registry_reachable=True, last_poll_at=now, last_error=None, failed_version=None

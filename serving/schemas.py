@@ -78,6 +78,19 @@ class ReloadInfo(BaseModel):
     failures: int
 
 
+class ShadowInfo(BaseModel):
+    """The shadow challenger: scored off the request path on a share of requests, logged only."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_uri: str
+    fraction: float = Field(description="Share of requests the shadow also scores.")
+    version: str | None = Field(description="The loaded version; None when none is shadowed.")
+    as_of: str | None
+    loaded_since: datetime | None
+    reload: ReloadInfo
+
+
 class ModelInfo(BaseModel):
     model_config = ConfigDict(protected_namespaces=())
 
@@ -95,6 +108,9 @@ class ModelInfo(BaseModel):
     source: str
     loaded_since: datetime
     reload: ReloadInfo
+    shadow: ShadowInfo | None = Field(
+        default=None, description="The shadow challenger, when STREAMFLOW_SHADOW_MODEL_URI is set."
+    )
 
 
 class Status(BaseModel):

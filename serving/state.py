@@ -11,7 +11,9 @@ from mlflow.tracking import MlflowClient
 from serving.metrics import ServingMetrics
 from serving.model import ModelManager, ModelUri, describe
 from serving.online_features import OnlineFeatureReader, OnlineStoreUnavailable
+from serving.prediction_log import PredictionLogger
 from streamflow.adapters.feature_store import open_store
+from streamflow.adapters.prediction_log import open_prediction_log
 from streamflow.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,9 @@ class ServingState:
     models: ModelManager
     features: OnlineFeatureReader | None = None
     features_error: str | None = "feature store not opened yet"
+    prediction_log: PredictionLogger | None = None
+    # The shadow challenger, when `shadow_model_uri` is set: polled with the served model.
+    shadow: ModelManager | None = None
 
     @classmethod
     def create(cls, settings: ServingSettings, metrics: ServingMetrics) -> ServingState:
@@ -39,7 +44,21 @@ class ServingState:
         client = MlflowClient(
             tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri
         )
-        return cls(settings, metrics, ModelManager(ModelUri.parse(settings.model_uri), client))
+        state = cls(settings, metrics, ModelManager(ModelUri.parse(settings.model_uri), client))
+        if settings.shadow_model_uri:
+            state.shadow = ModelManager(ModelUri.parse(settings.shadow_model_uri), client)
+        if settings.prediction_log:
+            state.prediction_log = PredictionLogger(
+                open_prediction_log(settings),
+                metrics,
+                capacity=settings.prediction_log_queue_size,
+                batch_size=settings.prediction_log_batch_size,
+                flush_seconds=settings.prediction_log_flush_seconds,
+                retention=settings.prediction_log_retention,
+                keep_features=settings.prediction_log_features,
+                shadow_fraction=settings.shadow_fraction if state.shadow is not None else 0.0,
+            )
+        return state
 
     def open_features(self) -> None:
         try:
@@ -63,6 +82,12 @@ class ServingState:
         if attempt is not None:
             self.metrics.model_load_attempted(attempt)
         self.metrics.model_polled(self.models.current, self.models.status)
+        if self.shadow is not None:
+            self.shadow.refresh()
+            if self.prediction_log is not None:
+                # A challenger alias removed (its candidate promoted) ends the shadowing.
+                pointed = self.shadow.status.points_at is not None
+                self.prediction_log.shadow = self.shadow.current if pointed else None
 
     @property
     def not_ready_reason(self) -> str | None:

@@ -223,6 +223,34 @@ class ServingSettings(Settings):
     # Off by default: the metrics count every request, and a log line per request costs about
     # as much as a prediction.
     serve_access_log: bool = False
+    # The prediction log: every answer, written in batches off the request path to the profile's
+    # store (local: data_dir/serving/predictions.sqlite; postgres, cluster: table
+    # prediction_log). At most `prediction_log_queue_size` answers wait in memory (a full queue
+    # drops and counts); every `prediction_log_flush_seconds` what is queued is written, in
+    # transactions of at most `prediction_log_batch_size` answers. Rows older than the retention
+    # are deleted (no retention: kept forever); the features themselves are kept only when asked.
+    prediction_log: bool = True
+    prediction_log_queue_size: int = Field(default=20_000, ge=1)
+    prediction_log_batch_size: int = Field(default=2_000, ge=1)
+    prediction_log_flush_seconds: float = Field(default=1.0, gt=0)
+    prediction_log_retention_days: float | None = Field(default=90.0, gt=0)
+    prediction_log_features: bool = False
+    # A shadow challenger (e.g. `models:/streamflow_churn@challenger`) scored by the log's writer
+    # on this share of requests, hot-reloaded like the served model; its answers only go to the
+    # log, never to the client.
+    shadow_model_uri: str | None = None
+    shadow_fraction: float = Field(default=0.1, ge=0, le=1)
+
+    @field_validator("prediction_log_retention_days", "shadow_model_uri", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def prediction_log_retention(self) -> timedelta | None:
+        if self.prediction_log_retention_days is None:
+            return None
+        return timedelta(days=self.prediction_log_retention_days)
 
     @property
     def max_feature_age(self) -> timedelta | None:

@@ -191,6 +191,8 @@ def _score(
                 model=ref,
             )
         )
+    if state.prediction_log is not None:
+        state.prediction_log.submit(results)
     return results
 
 

@@ -11,9 +11,22 @@ from typing import TYPE_CHECKING
 
 from streamflow.adapters.onnx_model import ONNX_FILE, CompiledModel
 from streamflow.domain import months
-from streamflow.domain.promotion import CHAMPION_ALIAS, CHAMPION_URI, MODEL_NAME
+from streamflow.domain.promotion import (
+    CHALLENGER_ALIAS,
+    CHALLENGER_URI,
+    CHAMPION_ALIAS,
+    CHAMPION_URI,
+    MODEL_NAME,
+)
 
-__all__ = ["CHAMPION_ALIAS", "CHAMPION_URI", "MODEL_NAME", "Registry"]
+__all__ = [
+    "CHALLENGER_ALIAS",
+    "CHALLENGER_URI",
+    "CHAMPION_ALIAS",
+    "CHAMPION_URI",
+    "MODEL_NAME",
+    "Registry",
+]
 
 # MLflow is imported by the calls that reach the registry: the code location imports this
 # module for its names, and importing MLflow there would hold it in every idle Dagster process.
@@ -50,10 +63,17 @@ class Registry:
 
     def champion(self) -> ModelVersion | None:
         """The version the `champion` alias points at: what serves."""
+        return self._aliased(CHAMPION_ALIAS)
+
+    def challenger(self) -> ModelVersion | None:
+        """The version the `challenger` alias points at: the latest rival kept out."""
+        return self._aliased(CHALLENGER_ALIAS)
+
+    def _aliased(self, alias: str) -> ModelVersion | None:
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client.get_model_version_by_alias(self.name, CHAMPION_ALIAS)
+            return self.client.get_model_version_by_alias(self.name, alias)
         except MlflowException as error:
             if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None
@@ -119,6 +139,13 @@ class Registry:
     def promote(self, version: str) -> None:
         """Move the `champion` alias (no stage transition: nothing reads stages any more)."""
         self.client.set_registered_model_alias(self.name, CHAMPION_ALIAS, version)
+
+    def set_challenger(self, version: str | None) -> None:
+        """Point the `challenger` alias at a version, or remove it (None)."""
+        if version is not None:
+            self.client.set_registered_model_alias(self.name, CHALLENGER_ALIAS, version)
+        elif self.challenger() is not None:
+            self.client.delete_registered_model_alias(self.name, CHALLENGER_ALIAS)
 
     def compiled_model(self, version: str) -> CompiledModel:
         """The version's ONNX twin, ready to score (the Pipeline itself is not downloaded)."""

@@ -326,3 +326,78 @@ def retrain_reasons(
     if months_between(champion_partition, partition) > max_age_months:
         reasons.append(RetrainReason.CHAMPION_AGE)
     return reasons
+
+
+def served_performance(
+    served: pd.DataFrame, labels: pd.DataFrame | None, batch: pd.DataFrame | None
+) -> dict[str, Any]:
+    """What the API answered for a month's features, judged after the fact.
+
+    `served`: the prediction log's rows for the month (`user_id`, `request_id`, `model_version`,
+    `probability`, `prediction`, `stale`, `shadow_version`, `shadow_probability`); `labels`: the
+    month's `user_id`, `churn_label`; `batch`: the month's `batch_scores` (`user_id`,
+    `prediction`). Each served version (and the shadow) is judged on its latest answer per
+    labelled user; the shadow and the version it shadowed on the same users.
+    """
+    if served.empty:
+        return {"status": "no_traffic", "count": 0}
+    summary: dict[str, Any] = {
+        "status": "measured",
+        "count": int(len(served)),
+        "requests": int(served["request_id"].nunique()),
+        "users": int(served[JOIN_KEY].nunique()),
+        "stale_share": float(served["stale"].mean()),
+        "labelled": labels is not None,
+        "versions": {},
+    }
+    truth = None if labels is None else labels.set_index(JOIN_KEY)["churn_label"].astype(int)
+    for version, answers in served.groupby("model_version", sort=True):
+        facts: dict[str, Any] = {"count": int(len(answers))}
+        if truth is not None:
+            facts |= _judged(answers, "probability", truth)
+        summary["versions"][str(version)] = facts
+    if batch is not None and not batch.empty:
+        batch_prediction = batch.set_index(JOIN_KEY)["prediction"]
+        both = served[served[JOIN_KEY].isin(batch_prediction.index)]
+        summary["batch_agreement"] = (
+            float((both["prediction"].to_numpy() == batch_prediction.loc[both[JOIN_KEY]]).mean())
+            if len(both)
+            else None
+        )
+    shadowed = served[served["shadow_probability"].notna()]
+    summary["shadow"] = None if shadowed.empty else _shadow_summary(shadowed, truth)
+    return summary
+
+
+def _judged(answers: pd.DataFrame, column: str, truth: pd.Series) -> dict[str, Any]:
+    """AUC, F1 and Brier of `column` on each labelled user's latest answer."""
+    latest = answers.drop_duplicates(JOIN_KEY, keep="last")
+    labelled = latest[latest[JOIN_KEY].isin(truth.index)]
+    if labelled.empty:
+        return {"labelled_users": 0, "auc": None, "f1": None, "brier": None}
+    scores = performance(
+        truth.loc[labelled[JOIN_KEY]].to_numpy(), labelled[column].to_numpy(), math.nan
+    )
+    auc = scores["auc"]
+    return {
+        "labelled_users": int(len(labelled)),
+        "auc": None if math.isnan(auc) else auc,
+        "f1": scores["f1"],
+        "brier": scores["brier"],
+    }
+
+
+def _shadow_summary(shadowed: pd.DataFrame, truth: pd.Series | None) -> dict[str, Any]:
+    """The shadow against the served answers it shadowed: agreement, and both AUCs on the same
+    labelled users."""
+    shadow_prediction = (shadowed["shadow_probability"] >= DECISION_THRESHOLD).astype(int)
+    facts: dict[str, Any] = {
+        "versions": sorted(str(v) for v in shadowed["shadow_version"].unique()),
+        "served_versions": sorted(str(v) for v in shadowed["model_version"].unique()),
+        "count": int(len(shadowed)),
+        "agreement": float((shadow_prediction == shadowed["prediction"]).mean()),
+    }
+    if truth is not None:
+        facts["shadow"] = _judged(shadowed, "shadow_probability", truth)
+        facts["served"] = _judged(shadowed, "probability", truth)
+    return facts

@@ -11,6 +11,9 @@ MODEL_NAME = "streamflow_churn"
 # The one truth for what serves: MLflow 3 deprecated stages, so promotion moves this alias only.
 CHAMPION_ALIAS = "champion"
 CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION_ALIAS}"
+# The latest candidate kept out, which the API can score in shadow beside the champion.
+CHALLENGER_ALIAS = "challenger"
+CHALLENGER_URI = f"models:/{MODEL_NAME}@{CHALLENGER_ALIAS}"
 
 
 @dataclass(frozen=True)
@@ -52,3 +55,36 @@ def decide(candidate: Contender, champion: Contender | None, margin: float) -> D
         f"AUC {candidate.auc:.4f} vs champion v{champion.version} {champion.auc:.4f}: "
         f"{gain:+.4f} {verdict} the margin {margin:.4f}",
     )
+
+
+@dataclass(frozen=True)
+class Challenger:
+    version: str
+    as_of: date
+
+
+def challenger_after(
+    decision: Decision,
+    candidate: Contender,
+    champion: Contender | None,
+    challenger: Challenger | None,
+) -> Challenger | None:
+    """Who holds the challenger alias after a decision: nobody once a candidate is promoted;
+    the candidate when it was kept out as a rival of the champion (as recent, not better by the
+    margin), unless the challenger is a newer one; else the challenger unchanged. A re-run of the
+    champion's month or a backfill of an older one is no rival."""
+    if decision.promote:
+        return None
+    rival = champion is not None and (
+        candidate.version != champion.version and candidate.as_of >= champion.as_of
+    )
+    if not rival:
+        return challenger
+    kept_out = Challenger(candidate.version, candidate.as_of)
+    if challenger is not None and _order(challenger) > _order(kept_out):
+        return challenger
+    return kept_out
+
+
+def _order(challenger: Challenger) -> tuple[date, int]:
+    return challenger.as_of, int(challenger.version)

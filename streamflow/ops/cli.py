@@ -183,6 +183,15 @@ def monitor(
             f"performance: v{performance['model_version']} AUC {performance['auc']:.4f}, "
             f"decay {performance['decay']:+.4f} (max {get_settings().decay_max_auc_drop})"
         )
+    served = report["served"]
+    if served is None or served["status"] != "measured":
+        print(f"served: {'not measured' if served is None else served['status']}")
+    else:
+        aucs = ", ".join(f"v{v} AUC {auc}" for v, auc in served["auc"].items())
+        print(
+            f"served: {served['count']} answers ({aucs}); "
+            f"shadow agreement {served['shadow_agreement']}"
+        )
     return code
 
 

@@ -50,7 +50,32 @@ def monitor_report(instance, partition: str | None) -> tuple[int, dict[str, obje
             for name, facts in measured["columns"].items()
         },
         "performance": performance,
+        "served": _served(instance, partition),
     }
     decayed = performance is not None and performance["decay"] > get_settings().decay_max_auc_drop
     drifted = measured["dataset_drift"] or any(c["drifted"] for c in report["columns"].values())
     return (1 if drifted or decayed else 0), report
+
+
+def _served(instance, partition: str) -> dict[str, object] | None:
+    """What the API answered on the month's features (`served_predictions`), or None when
+    that month was not measured: count, AUC by served version, shadow agreement."""
+    served = _latest_metadata(instance, "served_predictions", partition)
+    if served is None:
+        return None
+    if served.get("status") != "measured":
+        return {"status": served.get("status"), "count": served.get("count", 0)}
+    summary = served["served"]
+    shadow = summary.get("shadow") or {}
+    return {
+        "status": "measured",
+        "count": summary["count"],
+        "auc": {version: facts.get("auc") for version, facts in summary["versions"].items()},
+        "stale_share": summary["stale_share"],
+        "batch_agreement": summary.get("batch_agreement"),
+        "shadow_agreement": shadow.get("agreement"),
+        "shadow_versions": shadow.get("versions", []),
+        # Both AUCs on the same labelled users: the shadowed ones.
+        "shadow_auc": (shadow.get("shadow") or {}).get("auc"),
+        "shadowed_served_auc": (shadow.get("served") or {}).get("auc"),
+    }

@@ -1,4 +1,5 @@
-"""Model monitoring: batch scores, feature drift and decay per month, and the retraining sensor.
+"""Model monitoring: batch scores, feature drift and decay per month, what the API served, and
+the retraining sensor.
 
 Two versions matter for a month M: the *incumbent*, the champion before M's own promotion decision
 (it never saw M's labels), and the *champion after M*. Drift and decay judge the incumbent, so they
@@ -46,6 +47,7 @@ from streamflow.domain.model_monitoring import (
     retrain_reasons,
     sample_chunks,
     score_summary,
+    served_performance,
     typed_chunks,
 )
 from streamflow_assets.features.assets import LABELS_TABLE
@@ -59,6 +61,7 @@ from streamflow_assets.resources import (
     LimitsResource,
     ModelRegistryResource,
     PolicyResource,
+    PredictionLogResource,
     SnapshotsResource,
 )
 
@@ -346,6 +349,104 @@ def model_performance(
     )
 
 
+def _served_table(versions: dict[str, dict[str, object]]) -> MetadataValue:
+    schema = TableSchema(
+        columns=[
+            TableColumn("model_version", "string"),
+            TableColumn("answers", "int"),
+            TableColumn("labelled_users", "int"),
+            TableColumn("auc", "float"),
+            TableColumn("f1", "float"),
+            TableColumn("brier", "float"),
+        ]
+    )
+    records = [
+        TableRecord(
+            {
+                "model_version": version,
+                "answers": facts["count"],
+                **{
+                    name: facts.get(name)
+                    if not isinstance(facts.get(name), float)
+                    else round(facts[name], 6)
+                    for name in ("labelled_users", "auc", "f1", "brier")
+                },
+            }
+        )
+        for version, facts in versions.items()
+    ]
+    return MetadataValue.table(records, schema)
+
+
+def _plotted(value: object) -> MetadataValue:
+    """A number the UI plots across partitions; null where there is none."""
+    return MetadataValue.null() if value is None else MetadataValue.float(round(float(value), 6))
+
+
+@asset(
+    group_name=GROUP,
+    kinds={"pandas"},
+    partitions_def=monthly_partitions,
+    deps=[batch_scores, LABELS_TABLE],
+)
+def served_predictions(
+    context: AssetExecutionContext,
+    prediction_log: PredictionLogResource,
+    snapshots: SnapshotsResource,
+) -> MaterializeResult:
+    """What /predict answered on the month's features, judged on its labels: per version and
+    for the shadow challenger beside it (the API's prediction log)."""
+    key = context.partition_key
+    last_day = months.as_of_date(key)
+    served = prediction_log.log().read(last_day.replace(day=1), last_day)
+    if served.empty:
+        context.log.info(f"no answers logged for features of {key}")
+        return MaterializeResult(
+            metadata={
+                "status": "no_traffic",
+                "reason": f"the prediction log holds no answer on features of {key}",
+                "count": 0,
+            }
+        )
+    store, as_of = snapshots.store(), months.as_of(key)
+    labels = store.read(LABELS_TABLE, as_of) if store.row_count(LABELS_TABLE, as_of) else None
+    batch = (
+        store.read(BATCH_SCORES_TABLE, as_of)
+        if store.row_count(BATCH_SCORES_TABLE, as_of)
+        else None
+    )
+    summary = served_performance(served, labels, batch)
+    shadow = summary["shadow"] or {}
+    latest = summary["versions"][max(summary["versions"], key=int)]
+    context.log.info(
+        f"{key}: {summary['count']} answers, versions {', '.join(summary['versions'])}, "
+        f"shadow agreement {shadow.get('agreement')}"
+    )
+    return MaterializeResult(
+        metadata={
+            "status": "measured",
+            "count": summary["count"],
+            "requests": summary["requests"],
+            "users": summary["users"],
+            "labelled": summary["labelled"],
+            "stale_share": _plotted(summary["stale_share"]),
+            "batch_agreement": _plotted(summary.get("batch_agreement")),
+            # The newest served version's figures under fixed names, so the UI plots them.
+            "served_version": max(summary["versions"], key=int),
+            "served_auc": _plotted(latest.get("auc")),
+            "served_f1": _plotted(latest.get("f1")),
+            "served_brier": _plotted(latest.get("brier")),
+            "versions": _served_table(summary["versions"]),
+            "shadow_versions": ", ".join(shadow.get("versions", [])) or "none",
+            "shadow_count": shadow.get("count", 0),
+            "shadow_agreement": _plotted(shadow.get("agreement")),
+            "shadow_auc": _plotted((shadow.get("shadow") or {}).get("auc")),
+            "shadowed_served_auc": _plotted((shadow.get("served") or {}).get("auc")),
+            "served": MetadataValue.json(summary),
+        }
+    )
+
+
 @dataclass
 class RetrainCursor:
     """What the retraining sensor has acted on: the last monitoring event it read, the reasons
@@ -503,4 +604,4 @@ def retraining_sensor(
     return SensorResult(run_requests=requests, cursor=cursor.dumps())
 
 
-monitoring_assets = [batch_scores, feature_drift, model_performance]
+monitoring_assets = [batch_scores, feature_drift, model_performance, served_predictions]

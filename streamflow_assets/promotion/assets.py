@@ -1,4 +1,5 @@
-"""Registry: the promotion decision that makes a month's candidate the champion, or keeps it out."""
+"""Registry: the promotion decision that makes a month's candidate the champion, or keeps it out
+(the latest rival kept out becomes the `challenger`, which the API can score in shadow)."""
 
 import math
 from collections.abc import Callable
@@ -8,10 +9,10 @@ import numpy as np
 import pandas as pd
 from dagster import AssetExecutionContext, Config, MaterializeResult, asset
 
-from streamflow.adapters.registry import CHAMPION_ALIAS, Registry, as_of_of
+from streamflow.adapters.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, Registry, as_of_of
 from streamflow.domain import months
 from streamflow.domain.features import LABEL
-from streamflow.domain.promotion import Contender, decide
+from streamflow.domain.promotion import Challenger, Contender, challenger_after, decide
 from streamflow.domain.training import (
     ModelParams,
     month_labels,
@@ -110,6 +111,14 @@ def production_model(
     decision = decide(contender, incumbent, margin)
     if decision.promote:
         registry.promote(candidate.version)
+    rival = registry.challenger()
+    challenger = challenger_after(
+        decision,
+        contender,
+        incumbent,
+        Challenger(rival.version, as_of_of(rival)) if rival is not None else None,
+    )
+    registry.set_challenger(challenger.version if challenger is not None else None)
     registry.tag(
         candidate.version,
         {
@@ -134,5 +143,7 @@ def production_model(
             "margin": margin,
             "champion_after": serving.version if serving else "none",
             "champion_uri": f"models:/{registry.name}@{CHAMPION_ALIAS}",
+            "challenger_after": challenger.version if challenger is not None else "none",
+            "challenger_uri": f"models:/{registry.name}@{CHALLENGER_ALIAS}",
         }
     )

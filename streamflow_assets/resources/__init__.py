@@ -5,6 +5,7 @@ from typing import Any
 
 from dagster import ConfigurableResource, EnvVar
 
+from streamflow.adapters.prediction_log import sqlite_log_path
 from streamflow.settings import Settings
 from streamflow_assets.freshness.resource import FreshnessResource
 from streamflow_assets.model_monitoring.resource import DriftResource
@@ -18,6 +19,11 @@ from streamflow_assets.resources.feature_store import FeatureStoreResource
 from streamflow_assets.resources.limits import LimitsResource
 from streamflow_assets.resources.mlflow import MlflowTracking, ModelRegistryResource
 from streamflow_assets.resources.policy import PolicyResource
+from streamflow_assets.resources.prediction_log import (
+    PostgresPredictionLogs,
+    PredictionLogResource,
+    SqlitePredictionLogs,
+)
 from streamflow_assets.resources.seeds import SeedsResource
 from streamflow_assets.resources.storage import (
     ParquetSnapshots,
@@ -34,6 +40,7 @@ __all__ = [
     "MlflowTracking",
     "ModelRegistryResource",
     "PolicyResource",
+    "PredictionLogResource",
     "SeedsResource",
     "SnapshotsResource",
     "build_resources",
@@ -48,24 +55,31 @@ RUN_RESOURCES = ("seeds", "limits")
 def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
     """The profile is chosen here and only here: which snapshot store; the feature store and
     MLflow follow from the settings (the profile's feature_store yaml, the tracking URI)."""
+    postgres = {
+        "host": settings.postgres_host,
+        "port": settings.postgres_port,
+        "user": settings.postgres_user,
+        "password": (
+            EnvVar("STREAMFLOW_POSTGRES_PASSWORD")
+            if settings.postgres_password.get_secret_value()
+            else ""
+        ),
+        "database": settings.postgres_db,
+    }
     snapshots: SnapshotsResource = (
-        PostgresSnapshots(
-            host=settings.postgres_host,
-            port=settings.postgres_port,
-            user=settings.postgres_user,
-            password=(
-                EnvVar("STREAMFLOW_POSTGRES_PASSWORD")
-                if settings.postgres_password.get_secret_value()
-                else ""
-            ),
-            database=settings.postgres_db,
-        )
+        PostgresSnapshots(**postgres)
         if settings.uses_postgres
         else ParquetSnapshots(root=str(settings.snapshots_dir))
+    )
+    prediction_log: PredictionLogResource = (
+        PostgresPredictionLogs(**postgres)
+        if settings.uses_postgres
+        else SqlitePredictionLogs(path=str(sqlite_log_path(settings)))
     )
     return {
         "seeds": SeedsResource(seeds_dir=str(settings.seeds_dir)),
         "snapshots": snapshots,
+        "prediction_log": prediction_log,
         "feature_store": FeatureStoreResource.of(settings),
         "mlflow": MlflowTracking(
             tracking_uri=settings.tracking_uri,

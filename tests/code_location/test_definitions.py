@@ -121,7 +121,7 @@ def test_dagster_accepts_the_local_instance_config(tmp_path: Path) -> None:
     assert concurrency.run_queue_config.max_concurrent_runs == 2
 
 
-MONITORING_ASSETS = ("batch_scores", "feature_drift", "model_performance")
+MONITORING_ASSETS = ("batch_scores", "feature_drift", "model_performance", "served_predictions")
 
 
 def test_the_monitoring_assets_are_described_like_the_others() -> None:

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
 from streamflow.adapters.onnx_model import ONNX_FILE, CompiledModel
-from streamflow.adapters.registry import CHAMPION_ALIAS, CHAMPION_URI, MODEL_NAME
+from streamflow.adapters.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, CHAMPION_URI, MODEL_NAME
 from streamflow.domain import months
 from streamflow.domain.features import LABEL, to_model_frame
 from streamflow.settings import Settings
@@ -188,6 +188,28 @@ def test_hyperparameters_are_overridable_at_launch(built: Built) -> None:
     assert result.success
     newest = versions(built.client)[-1]
     assert built.client.get_run(newest.run_id).data.params["max_iter"] == "25"
+
+
+def test_a_rival_kept_out_becomes_the_challenger(built: Built) -> None:
+    """February's newest candidate (above) judged with a margin nobody beats: kept out, it
+    takes the challenger alias, and the champion stays."""
+    from streamflow_assets.definitions import build_definitions
+
+    before = production_state(built.client)
+    newest = versions(built.client)[-1]
+    job = build_definitions(built.settings).resolve_job_def("monthly_pipeline")
+    result = job.execute_in_process(
+        partition_key="2024-02",
+        instance=built.instance,
+        asset_selection=[AssetKey("production_model")],
+        run_config={"ops": {"production_model": {"config": {"margin": 1.0}}}},
+    )
+    assert result.success
+    assert production_state(built.client) == before
+    challenger = built.client.get_model_version_by_alias(MODEL_NAME, CHALLENGER_ALIAS)
+    assert challenger.version == newest.version
+    decision = metadata(built.instance, "production_model", "2024-02")
+    assert (decision["decision"], decision["challenger_after"]) == ("kept out", newest.version)
 
 
 def test_the_month_labels_are_what_the_model_was_scored_on(built: Built) -> None:

@@ -29,6 +29,7 @@ from streamflow.domain.model_monitoring import (
     retrain_reasons,
     sample_chunks,
     score_summary,
+    served_performance,
     typed_chunks,
 )
 from streamflow.domain.training import ModelParams, train
@@ -300,3 +301,56 @@ def test_a_chunked_drift_sample_does_not_depend_on_the_chunks(january: pd.DataFr
     # Every row, in order, when there are no more than the sample's size.
     everything, _ = sample_chunks(january.iloc[i : i + 700] for i in range(0, 7_043, 700))
     pd.testing.assert_frame_equal(everything, january.reset_index(drop=True))
+
+
+def _served(rows: list[tuple]) -> pd.DataFrame:
+    columns = [
+        "request_id",
+        "user_id",
+        "model_version",
+        "probability",
+        "prediction",
+        "stale",
+        "shadow_version",
+        "shadow_probability",
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def test_served_performance_without_traffic_says_so() -> None:
+    assert served_performance(_served([]), None, None) == {"status": "no_traffic", "count": 0}
+
+
+def test_served_performance_per_version_shadow_and_batch_agreement() -> None:
+    served = _served(
+        [
+            # v2 ranks the churners (a, b) above the others: AUC 1; asked twice about a.
+            ("r1", "a", "2", 0.9, 1, False, "3", 0.2),
+            ("r2", "a", "2", 0.9, 1, False, None, None),
+            ("r3", "b", "2", 0.6, 1, True, "3", 0.7),
+            ("r4", "c", "2", 0.1, 0, False, "3", 0.4),
+            # v1 ranks them backwards: AUC 0. `z` has no label.
+            ("r5", "c", "1", 0.8, 1, False, None, None),
+            ("r5", "d", "1", 0.7, 1, False, None, None),
+            ("r5", "a", "1", 0.3, 0, False, None, None),
+            ("r6", "z", "1", 0.3, 0, False, None, None),
+        ]
+    )
+    labels = pd.DataFrame({"user_id": ["a", "b", "c", "d"], "churn_label": [1, 1, 0, 0]})
+    batch = pd.DataFrame({"user_id": ["a", "b", "c", "d"], "prediction": [1, 0, 0, 1]})
+    summary = served_performance(served, labels, batch)
+    assert (summary["count"], summary["requests"], summary["users"]) == (8, 6, 5)
+    assert summary["stale_share"] == 1 / 8
+    v1, v2 = summary["versions"]["1"], summary["versions"]["2"]
+    assert (v2["count"], v2["labelled_users"], v2["auc"]) == (4, 3, 1.0)
+    assert (v1["count"], v1["labelled_users"], v1["auc"]) == (4, 3, 0.0)
+    assert v2["f1"] == 1.0 and v1["f1"] == 0.0
+    assert v2["brier"] == pytest.approx(((1 - 0.9) ** 2 + (1 - 0.6) ** 2 + 0.1**2) / 3)
+    # Served vs batch predictions, over the 7 answers for users batch_scores holds.
+    assert summary["batch_agreement"] == pytest.approx(4 / 7)
+    shadow = summary["shadow"]
+    assert (shadow["versions"], shadow["served_versions"], shadow["count"]) == (["3"], ["2"], 3)
+    # Shadow predictions 0, 1, 0 against served 1, 1, 0.
+    assert shadow["agreement"] == pytest.approx(2 / 3)
+    # On the same users a, b, c: the shadow ranks b > c > a (AUC 0.5), served a > b > c (1).
+    assert shadow["shadow"]["auc"] == 0.5 and shadow["served"]["auc"] == 1.0

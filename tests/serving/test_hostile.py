@@ -58,6 +58,42 @@ def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(api: httpx.Cl
     assert "STREAMFLOW_MAX_BODY_BYTES" in detail(answer, 413)
 
 
+def send_whole_body_then_read(url: str, head: bytes, body: bytes) -> bytes:
+    """What a naive client does: write the request and all of its body, then read the answer
+    (to the server closing the connection)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + body)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    return received
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_client_that_sends_a_whole_oversized_body_first_gets_the_413(
+    api_url: str, chunked: bool
+) -> None:
+    """Lingering close: the unread body is drained after the 413, so the server does not close
+    a socket holding unread data (the kernel would answer with a reset, which can destroy the
+    413 before the client reads it)."""
+    payload = b'{"user_id": "' + b"a" * (16 * MIB) + b'"}'
+    framing = b"transfer-encoding: chunked" if chunked else b"content-length: %d" % len(payload)
+    if chunked:
+        step = 256 * 1024
+        parts = [payload[i : i + step] for i in range(0, len(payload), step)]
+        payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    head = (
+        b"POST /predict HTTP/1.1\r\nhost: api\r\ncontent-type: application/json\r\n"
+        + framing
+        + b"\r\n\r\n"
+    )
+    answer = send_whole_body_then_read(api_url, head, payload)
+    status_line, _, rest = answer.partition(b"\r\n")
+    assert status_line.startswith(b"HTTP/1.1 413 "), answer[:300]
+    assert b"STREAMFLOW_MAX_BODY_BYTES" in rest
+
+
 def test_a_batch_over_the_limit_is_refused_naming_it(api: httpx.Client) -> None:
     answer = api.post("/predict/batch", json={"user_ids": [KNOWN_USER] * 1001})
     (error,) = detail(answer, 422)

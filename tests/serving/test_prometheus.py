@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -26,7 +27,9 @@ from tests.serving.conftest import (
 )
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 DASHBOARDS = sorted((REPO_ROOT / "deploy" / "grafana").rglob("*.json"))
+ALERT_RULES = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 METRIC_NAME = re.compile(r"\bstreamflow_[a-z0-9_]+")
 
 
@@ -64,6 +67,21 @@ def test_the_served_model_gauge_names_version_and_training_month(pipeline_data_d
     assert "streamflow_prediction_probability_count 1.0" in text
 
 
+@pytest.mark.skipif(not Path(PROMTOOL).exists(), reason="Debian's prometheus not installed")
+def test_the_alert_rules_are_valid_and_use_exported_metrics(pipeline_data_dir: Path) -> None:
+    checked = subprocess.run(
+        [PROMTOOL, "check", "rules", str(ALERT_RULES)],
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with TestClient(create_app(serving_settings(pipeline_data_dir))) as client:
+        exported = exported_names(client.get("/metrics").text)
+    used = set(METRIC_NAME.findall(ALERT_RULES.read_text()))
+    assert "streamflow_prediction_log_dropped_total" in used
+    assert used <= exported, f"not exported: {sorted(used - exported)}"
+
+
 def _query(prometheus: str, expression: str) -> list[dict]:
     answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expression}, timeout=5)
     answer.raise_for_status()
@@ -75,9 +93,12 @@ def _query(prometheus: str, expression: str) -> list[dict]:
 @pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="Debian's prometheus not installed")
 def test_prometheus_scrapes_the_running_api(pipeline_data_dir: Path, tmp_path: Path) -> None:
     api_port, prometheus_port = free_port(), free_port()
+    # A prediction log that keeps one answer and never writes: the next ones are dropped.
     api = Child.start(
         [str(STREAMFLOW), "serve", "--host", "127.0.0.1", "--port", str(api_port)],
-        clean_env(pipeline_data_dir),
+        clean_env(
+            pipeline_data_dir, prediction_log_queue_size=1, prediction_log_flush_seconds=3600
+        ),
         tmp_path / "api.log",
     )
     config = tmp_path / "prometheus.yml"
@@ -85,6 +106,7 @@ def test_prometheus_scrapes_the_running_api(pipeline_data_dir: Path, tmp_path: P
         json.dumps(
             {
                 "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": [str(ALERT_RULES)],
                 "scrape_configs": [
                     {
                         "job_name": "streamflow-api",
@@ -127,6 +149,14 @@ def test_prometheus_scrapes_the_running_api(pipeline_data_dir: Path, tmp_path: P
         assert set(found) == set(wanted), prometheus.output()[-2000:]
         assert float(found["requests"][0]["value"][1]) >= 20
         assert {sample["metric"]["le"] for sample in found["latency"]} >= {"0.01", "+Inf"}
+
+        def firing() -> set[str]:
+            answer = httpx.get(f"{url}/api/v1/alerts", timeout=5).json()
+            return {a["labels"]["alertname"] for a in answer["data"]["alerts"]}
+
+        while "PredictionLogDropping" not in firing():
+            assert time.monotonic() < deadline, f"no drop alert: {firing()}"
+            time.sleep(1)
     finally:
         prometheus.stop()
         api.stop()
