@@ -2,8 +2,8 @@
 
 Dynamic partitions, which the Dagster instance holds: a month becomes a partition when its
 `month_NNN/` seeds folder is found, so the UI's "Latest" and "Missing" only ever launch months a
-run can read. A calendar (MonthlyPartitionsDefinition from 2024-01) offered every month up to
-today, seeded or not. Keys stay `YYYY-MM` (`streamflow.domain.months` maps them to folders and
+run can read (a calendar, MonthlyPartitionsDefinition, would offer every month up to today,
+seeded or not). Keys stay `YYYY-MM` (`streamflow.domain.months` maps them to folders and
 as_of dates); nothing reads a partition's time window.
 
 Every path that launches a month adds it first, through `add_seeded_months` (`streamflow
