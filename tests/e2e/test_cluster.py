@@ -303,8 +303,9 @@ def test_seeds_a_worker_cannot_read_fail_the_month_naming_the_path_and_the_worke
 def test_a_run_launched_with_the_broker_down_fails_at_once_naming_it(cluster: Cluster) -> None:
     closed = free_port()
     env = cluster.env | {"STREAMFLOW_CELERY_BROKER": f"amqp://guest:guest@127.0.0.1:{closed}//"}
+    seeds = str(cluster.settings.seeds_dir)
     done = subprocess.run(
-        [str(STREAMFLOW), "pipeline", "--partitions", "2024-02"],
+        [str(STREAMFLOW), "pipeline", "--seeds", seeds, "--partitions", "2024-02"],
         env=env,
         capture_output=True,
         text=True,
