@@ -73,7 +73,7 @@ from dagster import AssetSelection, Definitions, define_asset_job, instance_for_
 from streamflow.settings import get_settings
 from streamflow_assets.definitions import build_definitions
 from streamflow_assets.jobs import MONTHLY_PIPELINE
-from streamflow.ops.pipeline import run_month
+from streamflow.ops.pipeline import run_months
 
 full = build_definitions(get_settings())
 job = define_asset_job(MONTHLY_PIPELINE, selection=AssetSelection.groups("ingestion"))
@@ -82,7 +82,7 @@ defs = Definitions(assets=full.assets, asset_checks=full.asset_checks, jobs=[job
 with instance_for_test() as instance:
     for key in ("2024-01", "2024-02"):
         started = time.perf_counter()
-        outcome = run_month(defs, instance, key)
+        (outcome,) = run_months([key], defs, instance)
         wall = time.perf_counter() - started
         if not outcome.success:
             sys.exit(f"{key} failed: {outcome.error}")

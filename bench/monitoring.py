@@ -40,14 +40,14 @@ warnings.simplefilter("ignore")
 from dagster import DagsterInstance
 from streamflow.settings import get_settings
 from streamflow_assets.definitions import build_definitions
-from streamflow.ops.pipeline import run_month
+from streamflow.ops.pipeline import run_months
 months, assets = sys.argv[1].split(","), [a for a in sys.argv[2].split(",") if a]
 defs = build_definitions(get_settings())
 imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 runs = {}
 with DagsterInstance.get() as instance:
     for month in months:
-        outcome = run_month(defs, instance, month, assets or None)
+        (outcome,) = run_months([month], defs, instance, assets or None)
         if not outcome.success:
             sys.exit(f"{month} failed: {outcome.error}")
         stats = instance.get_run_step_stats(outcome.run_id)

@@ -19,6 +19,7 @@ from streamflow_assets.freshness.policy import held_monthly
 from streamflow_assets.ingestion.assets import (
     monthly_snapshots,
     new_seed_month_sensor,
+    seed_months_sensor,
 )
 from streamflow_assets.jobs import MONTHLY_PIPELINE, build_monthly_pipeline, retraining
 from streamflow_assets.model_monitoring.assets import monitoring_assets, retraining_sensor
@@ -44,7 +45,7 @@ def build_definitions(settings: Settings) -> Definitions:
         ],
         jobs=[build_monthly_pipeline(settings.retrain), retraining, freshness_checks_job],
         schedules=[build_freshness_schedule(settings)],
-        sensors=[new_seed_month_sensor, *freshness_sensors, retraining_sensor],
+        sensors=[seed_months_sensor, new_seed_month_sensor, *freshness_sensors, retraining_sensor],
         resources=build_resources(settings),
         executor=build_executor(settings),
     )

@@ -3,16 +3,26 @@ ended with their pool slots freed."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, build_sensor_context
 
+from streamflow.domain.months import MonthsNotSeeded
 from streamflow.domain.seeds import TABLES
-from streamflow.ops.pipeline import STARTED_TAG, process_tags, release_dead_runs, run_month
+from streamflow.ops.pipeline import (
+    STARTED_TAG,
+    process_tags,
+    release_dead_runs,
+    run_month,
+    run_months,
+)
 from streamflow_assets.definitions import build_definitions
 from streamflow_assets.ingestion.assets import new_seed_month_sensor
+from streamflow_assets.partitions import MONTHS, add_seeded_months
 from streamflow_assets.promotion.assets import PROMOTION_POOL
 from streamflow_assets.resources import SeedsResource
 
@@ -71,16 +81,28 @@ def test_a_run_carries_the_launching_processs_seeds_location_and_limits(
 ) -> None:
     settings = settings_for(tmp_path / "data", real_seeds, chunk_rows=1234)
     defs = build_definitions(settings)
-    outcome = run_month(defs, dagster_instance, "2024-01", ["feature_registry"])
+    (outcome,) = run_months(["2024-01"], defs, dagster_instance, ["feature_registry"])
     assert outcome.success, outcome.error
     carried = dagster_instance.get_run_by_id(outcome.run_id).run_config["resources"]
     assert carried["seeds"] == {"config": {"seeds_dir": str(real_seeds)}}
     assert carried["limits"]["config"]["chunk_rows"] == 1234
 
 
-def test_seeds_the_step_cannot_read_fail_the_month_naming_the_path_and_the_host(
-    settings_for, tmp_path: Path, dagster_instance: DagsterInstance
+def test_a_month_without_seeds_fails_before_any_run_naming_its_folder(
+    settings_for, tmp_path: Path, real_seeds: Path, dagster_instance: DagsterInstance
 ) -> None:
+    defs = build_definitions(settings_for(tmp_path / "data", real_seeds))
+    with pytest.raises(MonthsNotSeeded, match=re.escape(str(real_seeds / "month_002"))):
+        run_months(["2024-02", "2024-03"], defs, dagster_instance, ["feature_registry"])
+    assert not dagster_instance.get_runs()
+    assert "2024-03" not in dagster_instance.get_dynamic_partitions(MONTHS)
+
+
+def test_seeds_the_step_cannot_read_fail_the_month_naming_the_path_and_the_host(
+    settings_for, tmp_path: Path, real_seeds: Path, dagster_instance: DagsterInstance
+) -> None:
+    # The launching process saw the month's seeds; the process running the step cannot read them.
+    add_seeded_months(dagster_instance, real_seeds, ["2024-01"])
     missing = tmp_path / "not-mounted-here"
     settings = settings_for(tmp_path / "data", missing)
     snapshots = [table.snapshot for table in TABLES]
@@ -96,6 +118,10 @@ def test_the_new_month_sensor_asks_for_a_run_of_the_folder_it_saw(
     (tmp_path / "month_000").mkdir()
     seeds = SeedsResource(seeds_dir=str(tmp_path))
     context = build_sensor_context(instance=dagster_instance, resources={"seeds": seeds})
-    (request,) = new_seed_month_sensor(context).run_requests
+    result = new_seed_month_sensor(context)
+    (request,) = result.run_requests
     assert request.partition_key == "2024-01"
+    # The daemon adds the month as a partition before it creates the run.
+    (added,) = result.dynamic_partitions_requests
+    assert (added.partitions_def_name, added.partition_keys) == (MONTHS, ["2024-01"])
     assert request.run_config == {"resources": {"seeds": {"config": {"seeds_dir": str(tmp_path)}}}}

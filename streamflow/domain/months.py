@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import calendar
 import re
+from collections.abc import Iterable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -63,6 +64,23 @@ def seeded_months(seeds_dir: Path) -> list[str]:
         if child.is_dir() and (match := _FOLDER.fullmatch(child.name))
     )
     return [partition_key(i) for i in indexes]
+
+
+class MonthsNotSeeded(ValueError):
+    """Months asked for whose `month_NNN/` seeds folder is not in the seeds dir (a bad argument,
+    as a bad month range is)."""
+
+
+def require_seeds(seeds_dir: Path, keys: Iterable[str]) -> None:
+    """Raise `MonthsNotSeeded` naming the folder of every month of `keys` that has no seeds."""
+    missing = [key for key in keys if not (seeds_dir / folder_name(key)).is_dir()]
+    if missing:
+        raise MonthsNotSeeded(
+            "; ".join(
+                f"no seeds for {key}: {seeds_dir / folder_name(key)} is not a folder"
+                for key in missing
+            )
+        )
 
 
 def parse_range(text: str) -> list[str]:

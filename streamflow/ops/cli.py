@@ -71,6 +71,8 @@ def pipeline(
         if not keys:
             print(f"no month_NNN/ folders in {settings.seeds_dir}", file=sys.stderr)
             return 2
+    # Before the lock and any run: a month without seeds is no partition, its run would fail.
+    months.require_seeds(settings.seeds_dir, keys)
 
     from streamflow.adapters.pipeline_lock import PipelineBusy, pipeline_lock
 

@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 from dagster import (
@@ -21,6 +22,7 @@ from dagster import (
 from streamflow_assets.cluster import BrokerUnreachable
 from streamflow_assets.executors import CELERY
 from streamflow_assets.jobs import MONTHLY_PIPELINE
+from streamflow_assets.partitions import add_seeded_months
 from streamflow_assets.resources import run_config_for
 
 # Every run records the process that executes it, so that a later pipeline can tell a run whose
@@ -83,6 +85,7 @@ def run_month(
 ) -> MonthOutcome:
     """Run the monthly pipeline for one month: every asset, or just `assets` (and their checks).
 
+    The month must be a partition of `instance` already (`run_months` adds it from the seeds).
     `on_start(partition, run_id)` is called just before the run starts.
     """
     job = defs.resolve_job_def(MONTHLY_PIPELINE)
@@ -233,10 +236,13 @@ def run_months(
     """Materialize each month in order; keep going past a failed month so every error shows.
 
     Runs are recorded in `instance`, by default the one under DAGSTER_HOME that the UI reads.
+    Every seeded month becomes a partition first; a month without seeds raises
+    `months.MonthsNotSeeded` before any run.
     """
     if defs is None:
         from streamflow_assets.definitions import defs
-    if instance is not None:
-        return [run_month(defs, instance, key, assets, on_start) for key in sorted(partitions)]
-    with DagsterInstance.get() as instance:
-        return [run_month(defs, instance, key, assets, on_start) for key in sorted(partitions)]
+    if instance is None:
+        with DagsterInstance.get() as instance:
+            return run_months(partitions, defs, instance, assets, on_start)
+    add_seeded_months(instance, Path(defs.resources["seeds"].seeds_dir), partitions)
+    return [run_month(defs, instance, key, assets, on_start) for key in sorted(partitions)]

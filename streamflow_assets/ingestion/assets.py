@@ -1,6 +1,7 @@
 """Ingestion: a month of seed CSVs becomes six validated snapshot tables, keyed (user_id, as_of)."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pandas as pd
 from dagster import (
@@ -10,6 +11,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
+    DefaultSensorStatus,
     MaterializeResult,
     MetadataValue,
     RunRequest,
@@ -34,7 +36,7 @@ from streamflow.domain.seeds import (
     unknown_user_problems,
 )
 from streamflow_assets.jobs import MONTHLY_PIPELINE
-from streamflow_assets.partitions import monthly_partitions
+from streamflow_assets.partitions import monthly_partitions, seeded_months_request
 from streamflow_assets.resources import (
     LimitsResource,
     SeedsResource,
@@ -195,6 +197,21 @@ def _bullets(problems) -> str:
     return "\n".join(f"- {p}" for p in problems) or "none"
 
 
+# Running from the start: the UI offers a month as soon as its seeds land, whether or not
+# `new_seed_month_sensor` (off by default) also runs it.
+@sensor(
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Adds a month's partition as soon as its `month_NNN/` seeds folder appears; "
+    "runs nothing.",
+)
+def seed_months_sensor(context: SensorEvaluationContext, seeds: SeedsResource):
+    requests = seeded_months_request(context.instance, Path(seeds.seeds_dir))
+    if not requests:
+        return SkipReason(f"every month folder in {seeds.seeds_dir} is a partition")
+    return SensorResult(dynamic_partitions_requests=requests)
+
+
 @sensor(
     job_name=MONTHLY_PIPELINE,
     minimum_interval_seconds=60,
@@ -202,13 +219,13 @@ def _bullets(problems) -> str:
 )
 def new_seed_month_sensor(context: SensorEvaluationContext, seeds: SeedsResource):
     ingested = context.instance.get_materialized_partitions(AssetKey(USERS.snapshot))
-    valid = set(monthly_partitions.get_partition_keys())
-    new = [key for key in seeds.months() if key not in ingested and key in valid]
+    new = [key for key in seeds.months() if key not in ingested]
     if not new:
         return SkipReason(f"no new month folder in {seeds.seeds_dir}")
     # Keyed by the folder's content version: a month still being ingested is not requested
     # twice, while a folder fixed after a failed run is requested again. The run reads the
-    # folder this sensor saw, on every worker.
+    # folder this sensor saw, on every worker. The daemon adds the months as partitions before
+    # it creates their runs.
     return SensorResult(
         run_requests=[
             RunRequest(
@@ -217,5 +234,6 @@ def new_seed_month_sensor(context: SensorEvaluationContext, seeds: SeedsResource
                 run_config=run_config_for({"seeds": seeds}),
             )
             for key in new
-        ]
+        ],
+        dynamic_partitions_requests=seeded_months_request(context.instance, Path(seeds.seeds_dir)),
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dagster import AssetKey, Definitions
+from dagster import AssetKey, DefaultSensorStatus, Definitions
 
 from streamflow.domain.seeds import TABLES
 from tests.conftest import child_env
@@ -37,14 +37,39 @@ def test_the_code_location_loads() -> None:
         assert (AssetKey(table.snapshot), "contract") in checks
         assert (AssetKey(table.snapshot), "row_count_change") in checks
     assert defs.resolve_sensor_def("new_seed_month_sensor").job_name == "monthly_pipeline"
+    # Running from the start: the UI offers a month as soon as its seeds land.
+    registering = defs.resolve_sensor_def("seed_months_sensor")
+    assert registering.default_status == DefaultSensorStatus.RUNNING
 
 
-def test_the_monthly_job_is_partitioned_by_month_from_2024_01() -> None:
-    from streamflow_assets.definitions import defs
+def test_every_partitioned_asset_offers_exactly_the_seeded_months(
+    settings_for, tmp_path: Path, dagster_instance
+) -> None:
+    from streamflow_assets.definitions import build_definitions
+    from streamflow_assets.partitions import add_seeded_months
 
+    seeds = tmp_path / "seeds"
+    # A gap (no month_002), and folders that are no month.
+    for folder in ("month_000", "month_001", "month_003", "notes", "month_1"):
+        (seeds / folder).mkdir(parents=True)
+    defs = build_definitions(settings_for(tmp_path / "data", seeds))
+    graph = defs.resolve_asset_graph()
+    partitioned = [graph.get(key) for key in graph.get_all_asset_keys()]
+    partitioned = [node for node in partitioned if node.partitions_def is not None]
+    assert len(partitioned) == len(graph.get_all_asset_keys()) - 1  # all but feature_registry
     job = defs.resolve_job_def("monthly_pipeline")
-    keys = job.partitions_def.get_partition_keys()
-    assert keys[:2] == ["2024-01", "2024-02"]
+
+    def offered() -> set[tuple[str, ...]]:
+        definitions = [node.partitions_def for node in partitioned] + [job.partitions_def]
+        return {
+            tuple(d.get_partition_keys(dynamic_partitions_store=dagster_instance))
+            for d in definitions
+        }
+
+    assert offered() == {()}, "no month is a partition before its seeds are found"
+    assert add_seeded_months(dagster_instance, seeds) == ["2024-01", "2024-02", "2024-04"]
+    assert offered() == {("2024-01", "2024-02", "2024-04")}
+    assert add_seeded_months(dagster_instance, seeds) == []
 
 
 def test_build_definitions_binds_resources_to_the_settings(settings_for, tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from streamflow.domain.seeds import TABLES
 from streamflow.ops.pipeline import run_months
 from streamflow.settings import Settings
 from streamflow_assets.definitions import build_definitions
-from streamflow_assets.ingestion.assets import new_seed_month_sensor
+from streamflow_assets.ingestion.assets import new_seed_month_sensor, seed_months_sensor
 from streamflow_assets.jobs import MONTHLY_PIPELINE
 from streamflow_assets.partitions import monthly_partitions
 from streamflow_assets.resources import SeedsResource
@@ -268,6 +268,42 @@ def test_the_sensor_requests_exactly_the_months_not_yet_ingested(
 
     assert ingest(settings, ["2024-02"])[0].success
     assert requested(evaluate_sensor(settings, dagster_instance)) == []
+
+
+def test_a_month_becomes_a_partition_when_its_seeds_land_and_never_without_them(
+    tmp_path: Path, dagster_instance: DagsterInstance
+) -> None:
+    seeds = tmp_path / "seeds"
+    (seeds / "month_000").mkdir(parents=True)
+    context = build_sensor_context(
+        instance=dagster_instance, resources={"seeds": SeedsResource(seeds_dir=str(seeds))}
+    )
+
+    def tick() -> SensorResult | SkipReason:
+        result = seed_months_sensor(context)
+        # What the daemon does with the partitions a sensor asks for.
+        for request in getattr(result, "dynamic_partitions_requests", None) or []:
+            dagster_instance.add_dynamic_partitions(
+                request.partitions_def_name, request.partition_keys
+            )
+        return result
+
+    def offered() -> list[str]:
+        return monthly_partitions.get_partition_keys(dynamic_partitions_store=dagster_instance)
+
+    assert offered() == []
+    tick()
+    assert offered() == ["2024-01"]
+    assert isinstance(tick(), SkipReason)
+    (seeds / "month_001").mkdir()
+    tick()
+    # No calendar month after the last seeded one (the launch dialog's "Latest" is 2024-02).
+    assert offered() == ["2024-01", "2024-02"]
+    (seeds / "month_003").mkdir()
+    tick()
+    assert offered() == ["2024-01", "2024-02", "2024-04"], "2024-03 has no seeds"
+    run_requests = requested(new_seed_month_sensor(context))
+    assert [r.partition_key for r in run_requests] == ["2024-01", "2024-02", "2024-04"]
 
 
 def test_the_sensor_requests_a_month_again_after_its_folder_is_fixed(

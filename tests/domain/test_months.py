@@ -119,5 +119,19 @@ def test_seeded_months_of_a_missing_or_empty_dir(tmp_path: Path) -> None:
     assert months.seeded_months(tmp_path) == []
 
 
+def test_require_seeds_names_the_folder_of_every_month_without_seeds(tmp_path: Path) -> None:
+    (tmp_path / "month_000").mkdir()
+    (tmp_path / "month_001").write_text("a file, not a folder")
+    months.require_seeds(tmp_path, ["2024-01"])
+    months.require_seeds(tmp_path, [])
+    with pytest.raises(months.MonthsNotSeeded) as raised:
+        months.require_seeds(tmp_path, ["2024-01", "2024-02", "2024-03"])
+    assert str(raised.value) == (
+        f"no seeds for 2024-02: {tmp_path / 'month_001'} is not a folder; "
+        f"no seeds for 2024-03: {tmp_path / 'month_002'} is not a folder"
+    )
+    assert isinstance(raised.value, ValueError), "a bad argument: the CLI exits 2 naming it"
+
+
 def test_seeded_months_of_the_real_seeds(real_seeds: Path) -> None:
     assert months.seeded_months(real_seeds) == ["2024-01", "2024-02"]

@@ -283,28 +283,29 @@ def test_predict_answers_from_redis_with_the_champion_from_mlflow_and_survives_a
 def test_seeds_a_worker_cannot_read_fail_the_month_naming_the_path_and_the_workers_host(
     cluster: Cluster,
 ) -> None:
+    from streamflow.ops.pipeline import run_month
+    from streamflow_assets.definitions import build_definitions
+
+    # February is a partition (the launcher found its seeds); the run carries a seeds location
+    # the workers cannot read. (`streamflow pipeline` checks its own seeds before any run.)
     missing = cluster.data_dir / "not-mounted-on-the-workers"
-    done = subprocess.run(
-        [str(STREAMFLOW), "pipeline", "--seeds", str(missing), "--partitions", MONTHS[1]],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 1, done.stdout + done.stderr
+    settings = cluster.settings.model_copy(update={"seeds_dir": missing})
+    failed = run_month(build_definitions(settings), cluster.instance, MONTHS[1])
+    assert not failed.success
     (named,) = re.findall(
         rf"the seeds location {re.escape(str(missing))} is not a readable directory "
         rf"on host {re.escape(socket.gethostname())} \(pid (\d+)\)",
-        done.stderr,
+        failed.error or "",
     )
-    assert int(named) in cluster.worker_pids, done.stderr
+    assert int(named) in cluster.worker_pids, failed.error
 
 
 def test_a_run_launched_with_the_broker_down_fails_at_once_naming_it(cluster: Cluster) -> None:
     closed = free_port()
     env = cluster.env | {"STREAMFLOW_CELERY_BROKER": f"amqp://guest:guest@127.0.0.1:{closed}//"}
+    seeds = str(cluster.settings.seeds_dir)
     done = subprocess.run(
-        [str(STREAMFLOW), "pipeline", "--partitions", "2024-02"],
+        [str(STREAMFLOW), "pipeline", "--seeds", seeds, "--partitions", "2024-02"],
         env=env,
         capture_output=True,
         text=True,

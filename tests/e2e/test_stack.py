@@ -72,6 +72,9 @@ ASSETS = """
   }
 }
 """
+OFFERED = """
+{ assetNodes { assetKey { path } isPartitioned partitionKeys } }
+"""
 RUN_FAILURES = """
 query Failures($id: ID!) {
   runOrError(runId: $id) {
@@ -200,7 +203,31 @@ def native_stack(
 
 
 @pytest.fixture(scope="module")
-def backfill(native_stack: NativeStack) -> dict:
+def offered_months(native_stack: NativeStack) -> dict[str, list[str]]:
+    """The months the UI offers per partitioned asset, once the daemon's `seed_months_sensor`
+    (running by default; its first tick comes as the daemon starts) has found the seeds."""
+    deadline = time.monotonic() + 180
+    while True:
+        nodes = native_stack.graphql(OFFERED)["assetNodes"]
+        offered = {
+            n["assetKey"]["path"][-1]: n["partitionKeys"] for n in nodes if n["isPartitioned"]
+        }
+        if any(offered.values()) or time.monotonic() > deadline:
+            return offered
+        time.sleep(2)
+
+
+def test_the_ui_offers_exactly_the_seeded_months(
+    native_stack: NativeStack, offered_months: dict[str, list[str]]
+) -> None:
+    assert len(offered_months) >= 12, offered_months
+    assert all(keys == MONTHS for keys in offered_months.values()), (
+        str(offered_months) + native_stack.logs()
+    )
+
+
+@pytest.fixture(scope="module")
+def backfill(native_stack: NativeStack, offered_months: dict[str, list[str]]) -> dict:
     """Both real months of every asset, launched as the UI's "Materialize" does for a range of
     partitions (`launchPartitionBackfill`) and executed by the daemon; waits for the outcome."""
     nodes = native_stack.graphql(ASSETS)["assetNodes"]

@@ -31,6 +31,7 @@ from streamflow_assets.definitions import build_definitions
 from streamflow_assets.features.assets import feature_registry, online_features
 from streamflow_assets.freshness.checks import freshness_alert_sensor, online_store_freshness
 from streamflow_assets.ingestion.assets import monthly_snapshots
+from streamflow_assets.partitions import add_seeded_months
 from streamflow_assets.resources import build_resources
 
 # "Materializing only its snapshots": the ingestion multi-asset alone, as the issue describes.
@@ -65,6 +66,7 @@ def run_assets(
     settings: Settings, instance: DagsterInstance, partition: str, assets: Sequence
 ) -> None:
     """A real Dagster run of some assets (and checks) for one month, recorded in `instance`."""
+    add_seeded_months(instance, settings.seeds_dir, [partition])
     result = materialize(
         assets, partition_key=partition, instance=instance, resources=build_resources(settings)
     )

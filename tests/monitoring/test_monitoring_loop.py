@@ -68,9 +68,9 @@ class Loop:
         return build_definitions(get_settings())
 
     def run(self, partition: str, assets: list[str] | None = None):
-        from streamflow.ops.pipeline import run_month
+        from streamflow.ops.pipeline import run_months
 
-        outcome = run_month(self.defs(), self.instance, partition, assets)
+        (outcome,) = run_months([partition], self.defs(), self.instance, assets)
         assert outcome.success, outcome.error
         return outcome
 

@@ -15,6 +15,7 @@ from dagster import DagsterInstance, DagsterRunStatus
 from streamflow.adapters.snapshots import ParquetSnapshotStore
 from streamflow.domain import months
 from streamflow.domain.seeds import TABLES
+from streamflow_assets.partitions import MONTHS
 from tests.conftest import child_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +78,9 @@ def test_pipeline_records_its_runs_in_the_data_dirs_instance(both_months) -> Non
     assert all(run.status == DagsterRunStatus.SUCCESS for run in runs)
     printed = {m[3] for m in summaries(result.stdout)}
     assert printed == {run.run_id[:8] for run in runs}
+    # The UI's months: exactly the seeded ones, in month order.
+    with DagsterInstance.from_config(str(data_dir / "dagster")) as instance:
+        assert instance.get_dynamic_partitions(MONTHS) == ["2024-01", "2024-02"]
 
 
 @pytest.mark.slow
@@ -89,23 +93,45 @@ def test_pipeline_stores_both_months_under_the_data_dir(both_months) -> None:
 
 
 @pytest.fixture(scope="module")
-def second_dir(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Another data dir, asked for March, which is not seeded (so this run is quick)."""
-    data_dir = tmp_path_factory.mktemp("cli") / "data"
+def second_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Another data dir, asked for March, whose seeds folder is empty (so this run is quick)."""
+    root = tmp_path_factory.mktemp("cli")
+    (root / "seeds" / "month_002").mkdir(parents=True)
+    data_dir = root / "data"
     result = streamflow(
-        "pipeline", "--seeds", str(real_seeds), "--partitions", "2024-03", data_dir=data_dir
+        "pipeline", "--seeds", str(root / "seeds"), "--partitions", "2024-03", data_dir=data_dir
     )
     return data_dir, result
 
 
-def test_a_missing_month_fails_naming_the_folder(second_dir, real_seeds: Path) -> None:
+def test_a_month_missing_its_files_fails_its_run_naming_the_file(second_dir) -> None:
     data_dir, result = second_dir
     assert result.returncode == 1, result.stdout + result.stderr
-    assert str(real_seeds / "month_002") in result.stderr
+    assert "users.csv" in result.stderr and "file is missing" in result.stderr, result.stderr
     assert [(m[1], m[2]) for m in summaries(result.stdout)] == [("2024-03", "FAILED")]
     (run,) = recorded_runs(data_dir)
     assert run.tags["dagster/partition"] == "2024-03"
     assert run.status == DagsterRunStatus.FAILURE
+
+
+def test_a_month_without_seeds_exits_2_before_any_run_naming_its_folder(
+    real_seeds: Path, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    result = streamflow(
+        "pipeline",
+        "--seeds",
+        str(real_seeds),
+        "--partitions",
+        "2024-02..2024-04",
+        data_dir=data_dir,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("streamflow pipeline: no seeds for 2024-03"), result.stderr
+    for folder in ("month_002", "month_003"):
+        assert str(real_seeds / folder) in result.stderr
+    assert not summaries(result.stdout)
+    assert not (data_dir / "dagster").exists(), "no instance, no run"
 
 
 @pytest.mark.slow
