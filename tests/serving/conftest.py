@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from filelock import FileLock
 
 from streamflow.settings import ServingSettings
 from tests.conftest import child_env
@@ -40,12 +41,30 @@ def serving_settings(data_dir: Path, **overrides: object) -> ServingSettings:
 
 
 @pytest.fixture(scope="session")
-def pipeline_data_dir(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Both real months through `streamflow pipeline`, once per session: snapshots, the Feast
-    registry and online store, and MLflow with v1 (2024-01) and v2 (2024-02, champion)."""
-    data_dir = tmp_path_factory.mktemp("serving") / "data"
+def pipeline_data_dir(
+    real_seeds: Path, tmp_path_factory: pytest.TempPathFactory, worker_id: str
+) -> Path:
+    """Both real months through `streamflow pipeline`, once per test run: snapshots, the Feast
+    registry and online store, and MLflow with v1 (2024-01) and v2 (2024-02, champion).
+
+    Under `make test`'s xdist workers the first worker to need it builds it in their shared temp
+    folder while the other waits for it: the serving files are spread over both workers, and
+    each would otherwise run the pipeline again (about two minutes on a loaded machine)."""
+    if worker_id == "master":
+        return _build_pipeline_data_dir(real_seeds, tmp_path_factory.mktemp("serving") / "data")
+    shared = tmp_path_factory.getbasetemp().parent / "serving-pipeline"
+    built = shared / "built"
+    with FileLock(shared.with_suffix(".lock")):
+        if not built.exists():
+            shutil.rmtree(shared, ignore_errors=True)  # a build that failed part way
+            _build_pipeline_data_dir(real_seeds, shared / "data")
+            built.touch()
+    return shared / "data"
+
+
+def _build_pipeline_data_dir(seeds: Path, data_dir: Path) -> Path:
     result = subprocess.run(
-        [str(STREAMFLOW), "pipeline", "--seeds", str(real_seeds)],
+        [str(STREAMFLOW), "pipeline", "--seeds", str(seeds)],
         env={**clean_env(data_dir), "DAGSTER_HOME": str(data_dir / "dagster")},
         capture_output=True,
         text=True,
