@@ -356,7 +356,8 @@ def roc_curve_svg(y: np.ndarray, probability: np.ndarray, points: int = 41) -> s
         "<rect width='100' height='100' fill='white' stroke='gray'/>"
         "<path d='M0,100L100,0' stroke='silver' stroke-dasharray='3'/>"
         f"<polyline points='{curve}' fill='none' stroke='#1f77b4' stroke-width='2'/>"
-        f"<text x='95' y='93' font-size='10' text-anchor='end'>AUC {auc:.3f}</text>"
+        "<text x='95' y='93' font-family='sans-serif' font-size='10' text-anchor='end'>"
+        f"AUC {auc:.3f}</text>"
         "</svg>"
     )
 

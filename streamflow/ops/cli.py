@@ -273,6 +273,11 @@ def dagster_dev(host: str = "127.0.0.1", port: str = "3000") -> int:
     os.environ["STREAMFLOW_DATA_DIR"] = str(settings.data_dir)
     os.environ["STREAMFLOW_SEEDS_DIR"] = str(settings.seeds_dir)
     os.chdir(home)
+    # dagster 1.13 recommends `dg dev` (the dagster-dg package, which we do not ship) each start.
+    superseded = "ignore:Function `dev_command` is superseded"
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        filter(None, [os.environ.get("PYTHONWARNINGS"), superseded])
+    )
     workspace = str(REPO_ROOT / "workspace.yaml")
     command = ["dagster", "dev", "-w", workspace, "--host", host, "--port", port]
     os.execv(dagster, command)
