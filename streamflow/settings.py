@@ -94,8 +94,13 @@ class Settings(BaseSettings):
     alert_webhook_retries: int = 3
     alert_webhook_backoff_seconds: float = 1.0
     dagster_ui_url: str = "http://127.0.0.1:3000"
+    # The MLflow UI that artifact links (the drift report) open in; by default the tracking server
+    # when there is one. The local profile has none unless `make mlflow` serves its database.
+    mlflow_ui_url: str | None = None
 
-    @field_validator("freshness_max_age_days", "alert_sink", "alert_webhook_url", mode="before")
+    @field_validator(
+        "freshness_max_age_days", "alert_sink", "alert_webhook_url", "mlflow_ui_url", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         # Compose passes an unset `${VAR:-}` on as an empty string, which means "not set".
@@ -139,6 +144,12 @@ class Settings(BaseSettings):
         if self.uses_postgres:
             return "http://127.0.0.1:5000"
         return f"sqlite:///{self.data_dir / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_ui(self) -> str | None:
+        if self.mlflow_ui_url:
+            return self.mlflow_ui_url
+        return self.tracking_uri if self.tracking_uri.startswith(("http://", "https://")) else None
 
     @property
     def mlflow_artifact_location(self) -> str | None:

@@ -60,6 +60,7 @@ class Registry:
     client: MlflowClient
     name: str = MODEL_NAME
     artifact_location: str | None = None
+    ui_url: str | None = None
 
     def champion(self) -> ModelVersion | None:
         """The version the `champion` alias points at: what serves."""
@@ -196,6 +197,16 @@ class Registry:
 
     def artifact_uri(self, run_id: str, name: str) -> str:
         return f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/{name}"
+
+    def artifact_page(self, run_id: str, name: str) -> str | None:
+        """The MLflow UI's page showing the run's artifact `name` (an HTML report renders
+        there), or None without a UI to link to."""
+        if self.ui_url is None:
+            return None
+        experiment = self.client.get_run(run_id).info.experiment_id
+        # The UI's own route for a run's artifact (MLflow 3.17, hash routing).
+        route = f"#/experiments/{experiment}/runs/{run_id}/artifacts/{name}"
+        return f"{self.ui_url.rstrip('/')}/{route}"
 
     def download(self, version: str, directory: Path) -> Path:
         """The version's model directory (MLmodel, the Pipeline, the ONNX file)."""

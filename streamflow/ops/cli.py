@@ -3,14 +3,16 @@ check freshness and monitoring, and start the cluster's workers (typer; `--help`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
@@ -100,9 +102,16 @@ def _run_pipeline(settings: Settings, keys: list[str], lock: PipelineLock) -> in
             f"materializing {len(keys)} month(s) from {settings.seeds_dir} (DAGSTER_HOME={home})",
             flush=True,
         )
-        outcomes = run_months(keys, instance=instance, on_start=lock.announce)
-    for outcome in outcomes:
-        print(outcome.summary())
+        with _console() as console:
+            outcomes = run_months(
+                keys,
+                instance=instance,
+                on_start=lock.announce,
+                on_asset=lambda key, asset, seconds: print(
+                    f"{key}  {seconds:6.1f}s  {asset}", file=console
+                ),
+                on_done=lambda outcome: print(outcome.summary(), file=console),
+            )
     failed = [o for o in outcomes if not o.success]
     if failed:
         print(f"{len(failed)} partition(s) failed:", file=sys.stderr)
@@ -110,6 +119,16 @@ def _run_pipeline(settings: Settings, keys: list[str], lock: PipelineLock) -> in
             print(f"{outcome.partition}: {outcome.error}", file=sys.stderr)
         return 1
     return 0
+
+
+@contextlib.contextmanager
+def _console() -> Iterator[TextIO]:
+    """This process's stdout as it is now, line-buffered: a console sees each line at once, and
+    so does a file or pipe. While a run executes in this process, Dagster points stdout into the
+    run's captured logs (shown late, through its own copying); lines written here bypass that."""
+    sys.stdout.flush()
+    with os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1) as console:
+        yield console
 
 
 def _release_dead_runs(instance, settings: Settings) -> None:
@@ -224,6 +243,21 @@ def serve(
     return 0
 
 
+@app.command()
+def demo(
+    seeds: Annotated[
+        Path | None, typer.Option(help="seeds dir to use (default: generate the demo's seeds)")
+    ] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+) -> int:
+    """The whole loop, told as it happens: generate, run the months, serve, promote, hot-reload,
+    monitor; the API then stays up until Ctrl-C (`make demo`)."""
+    from streamflow.ops.demo import run_demo
+
+    return run_demo(seeds, host, port)
+
+
 @app.command("celery-worker")
 def celery_worker(
     name: str = f"streamflow-{socket.gethostname()}-{os.getpid()}",
@@ -241,10 +275,22 @@ def celery_worker(
 @app.command("dagster-dev")
 def dagster_dev(host: str = "127.0.0.1", port: str = "3000") -> int:
     """The Dagster UI and daemon (`dagster dev`) over the instance `streamflow pipeline` uses."""
-    use_dagster_home(get_settings())
+    settings = get_settings()
+    home = use_dagster_home(settings)
     dagster = Path(sys.executable).with_name("dagster")
-    os.chdir(REPO_ROOT)
-    command = ["dagster", "dev", "-w", "workspace.yaml", "--host", host, "--port", port]
+    # Started from the instance's home: from the repository, `dagster dev` warns that the
+    # dagster.yaml it finds there is not its instance's (it is the file copied into the home).
+    # Its processes then start there too, so the settings' relative paths are pinned first.
+    os.environ["STREAMFLOW_DATA_DIR"] = str(settings.data_dir)
+    os.environ["STREAMFLOW_SEEDS_DIR"] = str(settings.seeds_dir)
+    os.chdir(home)
+    # dagster 1.13 recommends `dg dev` (the dagster-dg package, which we do not ship) each start.
+    superseded = "ignore:Function `dev_command` is superseded"
+    os.environ["PYTHONWARNINGS"] = ",".join(
+        filter(None, [os.environ.get("PYTHONWARNINGS"), superseded])
+    )
+    workspace = str(REPO_ROOT / "workspace.yaml")
+    command = ["dagster", "dev", "-w", workspace, "--host", host, "--port", port]
     os.execv(dagster, command)
 
 

@@ -11,7 +11,9 @@ AUC it reaches on the real seeds).
 
 Drift. Watch hours fall while rebuffering, failed payments and support tickets rise, each by about
 the amount the real month_001 moved, levelling off over the first year (factor 1 - 0.8**month);
-the label leans more on usage and less on the profile as months pass.
+the label leans more on usage and less on the profile as months pass. From month 2 (2024-03) on, a
+catalogue change makes skips_7d (noise until then) rise and drive churn: a model trained before it
+cannot rank users by it, so the month's candidate clearly beats the champion (the demo's promotion).
 
 Departures and sign-ups. `churn_label` True in month m means the user asked to cancel: with
 probability DEPARTURE_PROBABILITY (0.3) they are gone from month m+1; the others accepted a
@@ -134,9 +136,24 @@ _FRAILTY_SD = 0.6
 _CHURN_DRIFT_OFFSET = 1.3
 
 
+# The catalogue change (month CATALOGUE_CHANGE_MONTH, 2024-03 on): a studio's titles leave, users
+# skip through what remains (skips_7d, noise until then, rises by about SKIP_RISE in log terms, more
+# for the frail), and skipping becomes a churn driver. A model trained before it cannot rank by
+# skips; one trained on the month can: the demo's later candidate beats the champion.
+CATALOGUE_CHANGE_MONTH = 2
+SKIP_RISE = 0.3
+SKIP_FRAILTY = 0.8
+SKIP_CHURN = 0.15
+
+
 def _drift(month: int) -> float:
     """0 in month 0, 0.2 in month 1, levelling off at 1 after about a year."""
     return 1.0 - 0.8**month
+
+
+def _catalogue_shock(month: int) -> float:
+    """1 from the month the catalogue lost its titles on, 0 before it."""
+    return float(month >= CATALOGUE_CHANGE_MONTH)
 
 
 @dataclass(frozen=True)
@@ -406,7 +423,9 @@ def _observe(rng: np.random.Generator, state: State, month: int) -> State:
     session = np.maximum(1.0, 29.14 + 0.4 * (watch - 29.6) + rng.normal(0.0, 3.5, n))
     moved = rng.random(n) < 0.05
     state["devices"] = np.where(moved, rng.integers(1, 4, n), state["devices"])
-    skips = rng.poisson(5.0, n)
+    # The catalogue change: skipping rises, most for the users already close to leaving.
+    shock = _catalogue_shock(month)
+    skips = rng.poisson(5.0 * np.exp(shock * (SKIP_RISE + SKIP_FRAILTY * state["frailty"])))
     rebuffer = rng.binomial(14, np.minimum(1.0, state["rebuffer_p"] * (1 + 0.65 * drift)))
     failed = rng.binomial(3, np.minimum(1.0, state["fail_p"] * (1 + 0.9 * drift)))
     tickets = rng.poisson(state["ticket_rate"] * (1 + 0.85 * drift))
@@ -428,7 +447,13 @@ def _observe(rng: np.random.Generator, state: State, month: int) -> State:
         + 0.55 * state["tv"]
         + 0.56 * state["movies"]
     )
-    usage = 0.45 * failed + 0.4 * tickets + 0.12 * (rebuffer - 2.3) - 0.06 * engagement
+    usage = (
+        0.45 * failed
+        + 0.4 * tickets
+        + 0.12 * (rebuffer - 2.3)
+        - 0.06 * engagement
+        + shock * SKIP_CHURN * (skips - 5.0 * np.exp(SKIP_RISE))
+    )
     logit = (
         _CHURN_INTERCEPT
         - _CHURN_DRIFT_OFFSET * drift

@@ -76,17 +76,24 @@ def _first_error(result) -> str | None:
     return "run failed (see the Dagster UI)"
 
 
+# `on_asset(partition, asset, seconds)`: an asset of the month's run was just materialized,
+# `seconds` after the run started.
+AssetListener = Callable[[str, str, float], None]
+
+
 def run_month(
     defs: Definitions,
     instance: DagsterInstance,
     partition: str,
     assets: Sequence[str] | None = None,
     on_start: Callable[[str, str], None] | None = None,
+    on_asset: AssetListener | None = None,
 ) -> MonthOutcome:
     """Run the monthly pipeline for one month: every asset, or just `assets` (and their checks).
 
     The month must be a partition of `instance` already (`run_months` adds it from the seeds).
-    `on_start(partition, run_id)` is called just before the run starts.
+    `on_start(partition, run_id)` is called just before the run starts, `on_asset` as each asset
+    is materialized (runs in this process only: celery workers report to the instance).
     """
     job = defs.resolve_job_def(MONTHLY_PIPELINE)
     # The form of Dagster's own run ids; execute_job (celery) draws its own, which the lock
@@ -95,6 +102,16 @@ def run_month(
     if on_start is not None:
         on_start(partition, run_id)
     started = time.perf_counter()
+    if on_asset is not None:
+
+        def materialized(record) -> None:
+            event = record.get_dagster_event() if record.is_dagster_event else None
+            if event is not None and event.is_step_materialization:
+                name = event.asset_key.to_user_string()
+                on_asset(partition, name, time.perf_counter() - started)
+
+        # The instance calls its listeners of a run with each event it stores for it.
+        instance.add_event_listener(run_id, materialized)
     selection = [AssetKey(name) for name in assets] if assets else None
     # The one-line summary is the console output; every event stays in the instance and UI.
     # The run carries this process's seeds location (and step limits) to every step: a celery
@@ -232,17 +249,28 @@ def run_months(
     instance: DagsterInstance | None = None,
     assets: Sequence[str] | None = None,
     on_start: Callable[[str, str], None] | None = None,
+    on_asset: AssetListener | None = None,
+    on_done: Callable[[MonthOutcome], None] | None = None,
 ) -> list[MonthOutcome]:
     """Materialize each month in order; keep going past a failed month so every error shows.
 
-    Runs are recorded in `instance`, by default the one under DAGSTER_HOME that the UI reads.
-    Every seeded month becomes a partition first; a month without seeds raises
-    `months.MonthsNotSeeded` before any run.
+    Runs are recorded in `instance`, by default the one under DAGSTER_HOME that the UI reads;
+    `on_done` is called with each month's outcome as it ends. Every seeded month becomes a
+    partition first; a month without seeds raises `months.MonthsNotSeeded` before any run.
     """
     if defs is None:
         from streamflow_assets.definitions import defs
-    if instance is None:
-        with DagsterInstance.get() as instance:
-            return run_months(partitions, defs, instance, assets, on_start)
-    add_seeded_months(instance, Path(defs.resources["seeds"].seeds_dir), partitions)
-    return [run_month(defs, instance, key, assets, on_start) for key in sorted(partitions)]
+
+    def run_all(instance: DagsterInstance) -> list[MonthOutcome]:
+        add_seeded_months(instance, Path(defs.resources["seeds"].seeds_dir), partitions)
+        outcomes = []
+        for key in sorted(partitions):
+            outcomes.append(run_month(defs, instance, key, assets, on_start, on_asset))
+            if on_done is not None:
+                on_done(outcomes[-1])
+        return outcomes
+
+    if instance is not None:
+        return run_all(instance)
+    with DagsterInstance.get() as instance:
+        return run_all(instance)

@@ -157,6 +157,20 @@ def batch_scores(
     )
 
 
+def _report_link(registry: Registry, run_id: str) -> MetadataValue:
+    """The Evidently report: its page in the MLflow UI when there is one (a browser will not open
+    a file:// link from the Dagster UI), else its file, which the UI offers to copy."""
+    page = registry.artifact_page(run_id, DRIFT_REPORT)
+    if page is not None:
+        return MetadataValue.url(page)
+    uri = registry.artifact_uri(run_id, DRIFT_REPORT)
+    return (
+        MetadataValue.path(uri.removeprefix("file://"))
+        if uri.startswith("file://")
+        else MetadataValue.url(uri)
+    )
+
+
 def _drift_table(result: DriftResult) -> MetadataValue:
     schema = TableSchema(
         columns=[
@@ -271,7 +285,7 @@ def feature_drift(
                 "drifted_columns": ", ".join(result.drifted) or "none",
                 "columns": _drift_table(result),
                 "drift": MetadataValue.json(result.as_dict()),
-                "report": MetadataValue.url(registry.artifact_uri(run_id, DRIFT_REPORT)),
+                "report": _report_link(registry, run_id),
                 "mlflow_run_id": run_id,
             }
     measured = metadata["status"] == "measured"

@@ -88,6 +88,7 @@ def build_resources(settings: Settings) -> dict[str, ConfigurableResource]:
         "model_registry": ModelRegistryResource(
             tracking_uri=settings.tracking_uri,
             artifact_location=settings.mlflow_artifact_location,
+            ui_url=settings.mlflow_ui,
         ),
         "freshness": FreshnessResource(
             sample_size=settings.freshness_sample_size,

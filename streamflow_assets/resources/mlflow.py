@@ -78,6 +78,8 @@ class ModelRegistryResource(ConfigurableResource):
     model_name: str = MODEL_NAME
     # Where the monitoring runs' experiment keeps artifacts, if it has to be created (as above).
     artifact_location: str | None = None
+    # The MLflow UI that artifact links open in (`Settings.mlflow_ui`); None: links are files.
+    ui_url: str | None = None
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         # `models:/` URIs (pyfunc loading) resolve against the global tracking URI.
@@ -86,4 +88,6 @@ class ModelRegistryResource(ConfigurableResource):
     def registry(self) -> Registry:
         from mlflow.tracking import MlflowClient
 
-        return Registry(MlflowClient(self.tracking_uri), self.model_name, self.artifact_location)
+        return Registry(
+            MlflowClient(self.tracking_uri), self.model_name, self.artifact_location, self.ui_url
+        )

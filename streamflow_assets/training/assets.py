@@ -1,11 +1,13 @@
 """Training: a churn model per month, logged to MLflow and registered as a new version."""
 
-import base64
+import contextlib
+import io
 import tempfile
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -34,10 +36,12 @@ from streamflow.domain.features import (
 )
 from streamflow.domain.training import (
     ModelParams,
+    confusion_counts,
     confusion_matrix_png,
     labels_and_hash,
     one_thread,
     roc_curve_png,
+    roc_curve_svg,
     take,
     train,
 )
@@ -75,8 +79,22 @@ class ChurnModelConfig(Config):
     validation_size: float = ModelParams.validation_size
 
 
-def _image(png: bytes, title: str) -> str:
-    return f"![{title}](data:image/png;base64,{base64.b64encode(png).decode()})"
+# Left as they are in an SVG data URL; the rest (<, >, #, spaces) percent-encoded.
+SVG_URL_SAFE = "/:=',.-"
+
+
+def _inline_svg(svg: str, title: str) -> str:
+    """Markdown showing `svg` as an image; characters a data URL cannot hold are escaped."""
+    return f"![{title}](data:image/svg+xml,{quote(svg, safe=SVG_URL_SAFE)})"
+
+
+def _confusion_table(counts: np.ndarray) -> str:
+    """The confusion matrix as a markdown table, which the Dagster UI shows inline."""
+    (kept, flagged), (missed, caught) = counts
+    return (
+        "| actual / predicted | stays | churns |\n|---|---:|---:|\n"
+        f"| stays | {kept} | {flagged} |\n| churns | {missed} | {caught} |"
+    )
 
 
 def _feature_schema() -> dict:
@@ -171,7 +189,11 @@ def churn_model(
         "mlflow_run_id": run_id,
         "val_auc": round(trained.metrics["val_auc"], 6),
     }
-    version = mlflow.register_model(model_info.model_uri, MODEL_NAME, tags=lineage)
+    # register_model prints its progress to stderr, between the console's progress lines: kept
+    # in the run's log instead.
+    with contextlib.redirect_stderr(io.StringIO()) as printed:
+        version = mlflow.register_model(model_info.model_uri, MODEL_NAME, tags=lineage)
+    context.log.info(printed.getvalue().strip())
     context.log.info(f"registered {MODEL_NAME} v{version.version} (val_auc {lineage['val_auc']})")
     return MaterializeResult(
         metadata={
@@ -181,8 +203,10 @@ def churn_model(
             "mlflow_run_uri": f"runs:/{run_id}/model",
             "dataset_hash": dataset_hash,
             **sample_facts,
-            "roc_curve": MetadataValue.md(_image(roc, f"ROC {key}")),
-            "confusion_matrix": MetadataValue.md(_image(confusion, f"Confusion {key}")),
+            "roc_curve": MetadataValue.md(_inline_svg(roc_curve_svg(y_val, probability), "ROC")),
+            "confusion_matrix": MetadataValue.md(
+                _confusion_table(confusion_counts(y_val, probability))
+            ),
             "params": MetadataValue.json(params.as_dict()),
         }
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from tests.conftest import child_env
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STREAMFLOW = REPO_ROOT / ".venv" / "bin" / "streamflow"
 SUMMARY = re.compile(r"^(\d{4}-\d{2})\s+(ok|FAILED)\s.*\brun ([0-9a-f]{8})$")
+PROGRESS = re.compile(r"^(\d{4}-\d{2})\s+(\d+\.\d)s\s+(\w+)$")
 
 
 def streamflow(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
@@ -36,6 +38,35 @@ def streamflow(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def streamflow_timed(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """`streamflow` as above, its stdout a pipe read line by line as it comes; the result also
+    says when each line arrived (`arrivals`) and the process exited (`exited`), in monotonic
+    seconds."""
+    env = child_env(STREAMFLOW_DATA_DIR=str(data_dir))
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    with (data_dir.parent / "stderr.txt").open("w+") as stderr:
+        process = subprocess.Popen(
+            [str(STREAMFLOW), *args],
+            cwd=data_dir.parent,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        lines, arrivals = [], []
+        for line in process.stdout:
+            lines.append(line)
+            arrivals.append(time.monotonic())
+        process.wait(timeout=300)
+        exited = time.monotonic()
+        stderr.seek(0)
+        completed = subprocess.CompletedProcess(
+            process.args, process.returncode, "".join(lines), stderr.read()
+        )
+    completed.arrivals, completed.exited = arrivals, exited
+    return completed
+
+
 def recorded_runs(data_dir: Path) -> list:
     with DagsterInstance.from_config(str(data_dir / "dagster")) as instance:
         return list(instance.get_runs())
@@ -48,7 +79,7 @@ def summaries(stdout: str) -> list[re.Match[str]]:
 @pytest.fixture(scope="module")
 def both_months(real_seeds: Path, tmp_path_factory: pytest.TempPathFactory):
     data_dir = tmp_path_factory.mktemp("cli") / "data"
-    result = streamflow(
+    result = streamflow_timed(
         "pipeline",
         "--seeds",
         str(real_seeds),
@@ -67,6 +98,30 @@ def test_pipeline_runs_both_months_and_prints_one_line_each(both_months) -> None
     assert [(m[1], m[2]) for m in lines] == [("2024-01", "ok"), ("2024-02", "ok")], result.stdout
     # MLflow warns once per logged model when it cannot find pip in the environment.
     assert "Failed to resolve installed pip version" not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_pipeline_prints_each_asset_as_it_is_materialized_even_into_a_pipe(both_months) -> None:
+    _, result = both_months
+    lines = result.stdout.splitlines()
+    arrivals, exited = result.arrivals, result.exited
+    progress = [(i, match) for i, line in enumerate(lines) if (match := PROGRESS.match(line))]
+    january = [
+        i for i, line in enumerate(lines) if (m := SUMMARY.match(line)) and m[1] == "2024-01"
+    ]
+    (summary,) = january
+    assets = [m[3] for i, m in progress if m[1] == "2024-01"]
+    assert len(assets) == len(set(assets)) == 14, result.stdout
+    assert {"users_snapshots", "churn_model", "production_model"} <= set(assets)
+    # Every January asset is on record before January's summary line; the seconds grow.
+    assert all(i < summary for i, m in progress if m[1] == "2024-01")
+    seconds = [float(m[2]) for _, m in progress if m[1] == "2024-01"]
+    assert seconds == sorted(seconds)
+    # Flushed as they happen: the first asset arrived long before January ended, and January's
+    # summary long before the process exited (February still had its whole run to go).
+    first = progress[0][0]
+    assert arrivals[summary] - arrivals[first] > 5, result.stdout
+    assert exited - arrivals[summary] > 10, result.stdout
 
 
 @pytest.mark.slow
