@@ -148,8 +148,14 @@ def _advisory_lock(dsn: str, database: str, me: Holder) -> Iterator[PipelineLock
                 "SELECT set_config('application_name', %s, false)", (holder.encode()[:63],)
             )
 
-        # Released when the session ends: on exit below, or by the server when the holder dies.
-        yield PipelineLock(me, publish)
+        try:
+            yield PipelineLock(me, publish)
+        finally:
+            # Released here, before the connection closes: a session's locks go only when its
+            # server process has finished exiting, which a run started right after this one
+            # could beat (and be refused). A holder that dies leaves that to the server.
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (LOCK_NAME,))
 
 
 def pipeline_lock(settings: Settings) -> contextlib.AbstractContextManager[PipelineLock]:
