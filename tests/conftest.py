@@ -33,9 +33,10 @@ REAL_MONTHS = ("month_000", "month_001")
 SLOWEST_FIRST = (
     "tests/e2e/test_cluster.py",
     "tests/e2e/test_stack.py",
+    "tests/test_pipeline_faults.py",
+    "tests/e2e/test_demo.py",
     "tests/code_location/test_model.py",
     "tests/code_location/test_features.py",
-    "tests/test_pipeline_faults.py",
     "tests/serving/test_outages.py",
     "tests/test_pipeline_outage.py",
     "tests/monitoring/test_monitoring_loop.py",
