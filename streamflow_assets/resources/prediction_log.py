@@ -3,13 +3,13 @@
 from pathlib import Path
 
 from dagster import ConfigurableResource
-from psycopg import conninfo
 
 from streamflow.adapters.prediction_log import (
     PostgresPredictionLog,
     PredictionLog,
     SqlitePredictionLog,
 )
+from streamflow_assets.resources.storage import PostgresDatabase
 
 
 class PredictionLogResource(ConfigurableResource):
@@ -28,23 +28,8 @@ class SqlitePredictionLogs(PredictionLogResource):
         return SqlitePredictionLog(Path(self.path))
 
 
-class PostgresPredictionLogs(PredictionLogResource):
+class PostgresPredictionLogs(PredictionLogResource, PostgresDatabase):
     """Postgres and cluster profiles: the `prediction_log` table of the profile's database."""
 
-    host: str
-    port: int
-    user: str
-    # An EnvVar when set, so that the Dagster UI shows the variable's name, not the secret.
-    password: str
-    database: str
-
     def log(self) -> PredictionLog:
-        return PostgresPredictionLog(
-            conninfo.make_conninfo(
-                host=self.host,
-                port=self.port,
-                user=self.user,
-                password=self.password,
-                dbname=self.database,
-            )
-        )
+        return PostgresPredictionLog(self.dsn())

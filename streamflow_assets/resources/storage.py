@@ -28,8 +28,8 @@ class ParquetSnapshots(SnapshotsResource):
         return ParquetSnapshotStore(Path(self.root))
 
 
-class PostgresSnapshots(SnapshotsResource):
-    """Postgres profile: a table per snapshot, a month replaced in one transaction."""
+class PostgresDatabase(ConfigurableResource):
+    """The profile's PostgreSQL database, for the resources that keep their data in it."""
 
     host: str
     port: int
@@ -38,13 +38,18 @@ class PostgresSnapshots(SnapshotsResource):
     password: str
     database: str
 
-    def store(self) -> SnapshotStore:
-        return PostgresSnapshotStore(
-            conninfo.make_conninfo(
-                host=self.host,
-                port=self.port,
-                user=self.user,
-                password=self.password,
-                dbname=self.database,
-            )
+    def dsn(self) -> str:
+        return conninfo.make_conninfo(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=self.database,
         )
+
+
+class PostgresSnapshots(SnapshotsResource, PostgresDatabase):
+    """Postgres profile: a table per snapshot, a month replaced in one transaction."""
+
+    def store(self) -> SnapshotStore:
+        return PostgresSnapshotStore(self.dsn())
